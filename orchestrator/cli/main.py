@@ -1,0 +1,233 @@
+"""``orchestrator run | validate | results | ui | predict``.
+
+This is the only layer that writes to the terminal: the library logs, the command line decides
+what the user sees. User mistakes end with one line on stderr and exit status 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import OrchestratorError
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_engines(args.verbose)
+    try:
+        return int(args.handler(args))
+    except OrchestratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are recorded in MLflow", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Declarative Keras sweeps, run in parallel on Ray Tune, tracked in MLflow.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show engine logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a sweep file")
+    run.add_argument("sweep", help="path to the sweep file (YAML)")
+    run.add_argument("--address", help="join this Ray cluster instead of starting one")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
+    run.add_argument("--top", type=int, default=10, help="rows of the leaderboard to print")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a sweep file without running it")
+    validate.add_argument("sweep", help="path to the sweep file (YAML)")
+    validate.add_argument("--show", type=int, default=5, help="configurations to list")
+    validate.set_defaults(handler=_validate)
+
+    results = commands.add_parser("results", help="the leaderboard of a sweep, from MLflow")
+    results.add_argument("name", help="the sweep's name (its MLflow experiment) or its file")
+    results.add_argument("--sort", help="metric to rank by (default: the sweep's metric)")
+    order = results.add_mutually_exclusive_group()
+    order.add_argument("--ascending", dest="ascending", action="store_true", default=None)
+    order.add_argument("--descending", dest="ascending", action="store_false")
+    results.add_argument("--top", type=int, help="only the best N trials")
+    results.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    results.add_argument("--sweep-run", help="a particular execution (default: the latest)")
+    results.add_argument("--tracking-uri", help="MLflow tracking URI")
+    results.set_defaults(handler=_results)
+
+    ui = commands.add_parser("ui", help="serve the MLflow UI over the sweeps' store")
+    ui.add_argument("name", nargs="?", help="open on this sweep (name or file)")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=_ui)
+
+    predict = commands.add_parser("predict", help="decode one input with a sweep's best model")
+    predict.add_argument("name", help="the sweep's name (its MLflow experiment) or its file")
+    predict.add_argument("expression", help="the input, e.g. '10+1000'")
+    predict.add_argument("--base", default="d", help="b, o, d or h (or 2, 8, 10, 16)")
+    predict.add_argument("--tracking-uri", help="MLflow tracking URI")
+    predict.set_defaults(handler=_predict)
+    return parser
+
+
+def _quiet_engines(verbose: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if verbose:
+        return
+    # Failed trials are summarised by us; Tune's own tracebacks would bury the table.
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator.cli.progress import SweepProgress
+    from orchestrator.scheduling import run_sweep
+    from orchestrator.sweep import load_sweep
+
+    sweep = load_sweep(args.sweep)
+    sweep.check()
+    trials = len(sweep.combinations())
+    print(f"sweep '{sweep.name}': {trials} trials of a grid of {sweep.grid_size}", file=sys.stderr)
+    with SweepProgress(trials, sweep.spec.metric, sweep.spec.mode) as progress:
+        result = run_sweep(
+            sweep,
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            on_trial_end=progress.trial_ended,
+            verbose=args.verbose,
+        )
+    _print_leaderboard(result.tracking_uri, result.experiment, args.top, result.sweep_run_id)
+    failed = result.count("failed")
+    print(
+        f"\n{result.count('finished')} finished, {failed} failed, "
+        f"{result.count('diverged')} diverged in {result.wall_seconds:.0f} s; "
+        f"runs in {result.tracking_uri} (experiment '{result.experiment}')"
+    )
+    if result.best is not None:
+        best = result.best
+        print(f"best: {best.run_id} {sweep.spec.metric}={best.score(sweep.spec.metric):.4f}")
+    return EXIT_TRIALS_FAILED if failed else EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orchestrator.space.grid import readable_value
+    from orchestrator.sweep import load_sweep
+
+    sweep = load_sweep(args.sweep)
+    sweep.check()
+    combinations = sweep.combinations()
+    spec = sweep.spec
+    print(f"{sweep.source}: valid")
+    print(f"  name: {spec.name}   metric: {spec.metric} ({spec.mode})")
+    for name, values in spec.params.items():
+        shown = ", ".join(str(readable_value(value)) for value in values)
+        print(f"  {name}: {len(values)} value(s): {shown}")
+    print(f"  grid size: {sweep.grid_size}   search: {spec.search.method}")
+    print(f"  trials to run: {len(combinations)}")
+    for index, combination in enumerate(combinations[: args.show]):
+        shown = ", ".join(f"{k}={readable_value(v)}" for k, v in combination.items())
+        print(f"    {index}: {shown}")
+    if len(combinations) > args.show:
+        print(f"    ... and {len(combinations) - args.show} more")
+    return EXIT_OK
+
+
+def _results(args: argparse.Namespace) -> int:
+    uri, experiment = _locate(args.name, args.tracking_uri)
+    from orchestrator.tracking import leaderboard
+
+    table = leaderboard(uri, experiment, args.sort, args.ascending, args.sweep_run)
+    if args.top:
+        table = table.head(args.top)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    else:
+        print(_as_text(table))
+    return EXIT_OK
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    uri, experiment = _locate(args.name, args.tracking_uri) if args.name else (None, None)
+    if uri is None:
+        from orchestrator.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri)
+    address = f"http://{args.host}:{args.port}"
+    if experiment:
+        from orchestrator.tracking import TrackingStore
+
+        experiment_id = TrackingStore(uri).experiment_id(experiment, create=False)
+        address += f"/#/experiments/{experiment_id}"
+    print(f"MLflow UI on {address} (Ctrl-C stops it)", file=sys.stderr)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(args.port)]
+    return subprocess.call(command)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    uri, experiment = _locate(args.name, args.tracking_uri)
+    from orchestrator.tasks.predict import predict_one
+
+    print(predict_one(uri, experiment, args.expression, args.base))
+    return EXIT_OK
+
+
+def _locate(name: str, tracking_uri: str | None) -> tuple[str, str]:
+    """The tracking URI and experiment for a sweep given by its name or by its file."""
+    from orchestrator.tracking import resolve_tracking_uri
+
+    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
+        from orchestrator.sweep import load_sweep
+
+        spec = load_sweep(name).spec
+        return resolve_tracking_uri(tracking_uri, spec.tracking.uri), spec.experiment_name
+    return resolve_tracking_uri(tracking_uri), name
+
+
+def _print_leaderboard(uri: str, experiment: str, top: int, sweep_run_id: str) -> None:
+    from orchestrator.tracking import leaderboard
+
+    table = leaderboard(uri, experiment, sweep_run_id=sweep_run_id)
+    print(_as_text(table.head(top)))
+    failed = table[table["status"] == "failed"] if "status" in table else table.iloc[0:0]
+    for _, row in failed.iterrows():
+        print(f"failed: {row['trial']}: {row.get('error', '')}")
+
+
+def _as_text(table: Any) -> str:
+    if table.empty:
+        return "(no trials)"
+    shown = table.drop(columns=[c for c in ("run_id", "error") if c in table.columns])
+    return str(shown.to_string(index=False, float_format=_float, na_rep="-"))
+
+
+def _float(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Reading a sweep file into a validated :class:`Sweep`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.errors import ImportPathError, SweepFileError
+from orchestrator.space import expand_grid, grid_size, sample_grid
+from orchestrator.sweep.imports import check_model_signature, check_options, resolve_callable
+from orchestrator.sweep.schema import SECTIONS, SweepSpec
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: its spec, where it came from, and the trials it will run.
+
+    Attributes:
+        spec: the parsed file.
+        source: how to name the file in messages (the path as the user gave it).
+        text: the file's text, recorded with the sweep in MLflow.
+        base_dir: the folder relative paths in the file are resolved against.
+    """
+
+    spec: SweepSpec
+    source: str = "<sweep>"
+    text: str = ""
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what decides the sweep's results (its spec, not its comments)."""
+        canonical = self.spec.model_dump_json(exclude={"description"})
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def grid_size(self) -> int:
+        return grid_size(self.spec.params)
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """The parameter combinations this sweep runs, in the order they are started."""
+        search = self.spec.search
+        if search.method == "grid":
+            return expand_grid(self.spec.params)
+        assert search.trials is not None  # Guaranteed by SearchSpec.
+        return sample_grid(self.spec.params, search.trials, search.seed)
+
+    def model_function(self) -> Callable[..., Any]:
+        """The model function, imported and checked to take the Talos-style arguments."""
+        try:
+            function = resolve_callable(self.spec.model, self.base_dir)
+            check_model_signature(function)
+        except ImportPathError as error:
+            raise SweepFileError(self.source, "model", str(error)) from None
+        return function
+
+    def data_function(self) -> Callable[..., Any]:
+        """The data function, imported and checked to accept the sweep's data options."""
+        try:
+            function = resolve_callable(self.spec.data.function, self.base_dir)
+        except ImportPathError as error:
+            raise SweepFileError(self.source, "data.function", str(error)) from None
+        try:
+            check_options(function, self.spec.data.options)
+        except ImportPathError as error:
+            raise SweepFileError(self.source, "data.options", str(error)) from None
+        return function
+
+    def check(self) -> None:
+        """Everything that can be checked before a trial starts: imports, signatures, options."""
+        self.model_function()
+        self.data_function()
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read, parse and validate a sweep file.
+
+    The file is read with YAML's safe loader: nothing in it runs as code except the import paths
+    it names, and those only when :meth:`Sweep.check` or a run imports them.
+
+    Raises:
+        SweepFileError: naming the file, the field and what is accepted.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SweepFileError(source, None, "no such file") from None
+    except OSError as error:
+        raise SweepFileError(source, None, f"cannot be read ({error.strerror})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    return sweep_from_mapping(document, source=source, text=text, base_dir=Path(path).parent)
+
+
+def sweep_from_mapping(
+    document: Any,
+    source: str = "<sweep>",
+    text: str | None = None,
+    base_dir: Path | None = None,
+) -> Sweep:
+    """Validate a sweep given as a mapping (a parsed file, or a dict built in Python)."""
+    if not isinstance(document, Mapping):
+        kind = "empty" if document is None else f"a {type(document).__name__}"
+        raise SweepFileError(source, None, f"is {kind}; a sweep file is a mapping of keys")
+    try:
+        spec = SweepSpec.model_validate(dict(document))
+    except ValidationError as error:
+        field_name, problem = _describe_validation_error(error)
+        raise SweepFileError(source, field_name, problem) from None
+    sweep = Sweep(
+        spec=spec,
+        source=source,
+        text=text if text is not None else yaml.safe_dump(dict(document), sort_keys=False),
+        base_dir=(base_dir or Path.cwd()).resolve(),
+    )
+    search = spec.search
+    if search.method == "random" and search.trials and search.trials > sweep.grid_size:
+        raise SweepFileError(
+            source,
+            "search.trials",
+            f"{search.trials} is more than the {sweep.grid_size} combinations of the grid; "
+            f"use at most {sweep.grid_size}, or 'method: grid'",
+        )
+    return sweep
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: invalid YAML ({problem})"
+    return f"invalid YAML ({problem})"
+
+
+def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
+    problems = error.errors()
+    first = problems[0]
+    location = tuple(str(part) for part in first["loc"])
+    kind = first["type"]
+    if location and location[0] == "params" and len(location) >= 2:
+        # Union members (str, int, ...) each add an error; one line about the value is clearer.
+        field_name = f"params.{location[1]}"
+        if isinstance(first.get("input"), dict | list) or kind.endswith("_type"):
+            return field_name, (
+                f"{first.get('input')!r} is not a number, string or boolean; "
+                "a parameter's values are a list like [0.001, 0.01]"
+            )
+    field_name = ".".join(location)
+    if kind == "extra_forbidden":
+        section = SECTIONS.get(location[:-1])
+        accepted = ", ".join(section.model_fields) if section else "see the README"
+        return field_name, f"unknown key '{location[-1]}'; accepted keys: {accepted}"
+    if kind == "missing":
+        return field_name, "is required"
+    message = first["msg"].removeprefix("Value error, ")
+    if "input" in first and kind not in ("value_error", "assertion_error"):
+        message += f" (got {first['input']!r})"
+    others = {tuple(problem["loc"][:1]) for problem in problems[1:]} - {tuple(first["loc"][:1])}
+    if others:
+        message += f" (and {len(others)} more field(s) to fix)"
+    return field_name, message

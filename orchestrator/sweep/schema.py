@@ -1,0 +1,128 @@
+"""The sweep file's schema: every key a sweep file may hold, its type and its default."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Scalar = str | int | float | bool | None
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Where the rows come from: a function returning ``(x_train, y_train, x_val, y_val)``."""
+
+    function: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchSpec(_Strict):
+    """Which combinations of the grid run: all of them, or a reproducible random sample."""
+
+    method: Literal["grid", "random"] = "grid"
+    trials: int | None = Field(default=None, gt=0)
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _random_needs_a_count(self) -> SearchSpec:
+        if self.method == "random" and self.trials is None:
+            raise ValueError(
+                "method 'random' needs 'trials: N', the number of combinations to draw"
+            )
+        return self
+
+
+class ResourcesSpec(_Strict):
+    """What one trial is given, and how many trials may run at once."""
+
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(
+                "a fraction of a GPU must be at most 1 (0.25, 0.5); above 1 use whole GPUs"
+            )
+        return value
+
+
+class TrackingSpec(_Strict):
+    """Where MLflow records the sweep."""
+
+    uri: str | None = Field(default=None, min_length=1)
+    experiment: str | None = Field(default=None, min_length=1)
+
+
+class SweepSpec(_Strict):
+    """One sweep: a model function, its data, and the values to try for each parameter."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    model: str = Field(min_length=1)
+    data: DataSpec
+    params: dict[str, list[Scalar]] = Field(min_length=1)
+    metric: str = Field(default="val_acc", min_length=1)
+    mode: Literal["max", "min"] = "max"
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: str | None = Field(default=None, min_length=1)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_shorthand(cls, value: Any) -> Any:
+        return {"function": value} if isinstance(value, str) else value
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_shorthand(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_shorthand(cls, value: Any) -> Any:
+        return {"uri": value} if isinstance(value, str) else value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _scalars_are_one_value(cls, value: Any) -> Any:
+        # `lr: 0.01` is read as the single value it obviously means, never silently dropped.
+        if not isinstance(value, dict):
+            return value
+        return {
+            name: values if isinstance(values, list) else [values]
+            for name, values in value.items()
+        }
+
+    @field_validator("params")
+    @classmethod
+    def _no_empty_lists(cls, value: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+        for name, values in value.items():
+            if not values:
+                raise ValueError(f"'{name}' has an empty list; give at least one value")
+            if not isinstance(name, str) or not name:
+                raise ValueError("parameter names must be non-empty strings")
+        return value
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+#: For "unknown key" messages: the keys accepted at each place of the file.
+SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
+    (): SweepSpec,
+    ("data",): DataSpec,
+    ("search",): SearchSpec,
+    ("resources",): ResourcesSpec,
+    ("tracking",): TrackingSpec,
+}

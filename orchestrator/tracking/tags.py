@@ -1,0 +1,21 @@
+"""The tags and names by which the sweep's runs are found again."""
+
+KIND = "orchestrator.kind"  # "sweep" on the parent run, "trial" on each child run
+SWEEP_NAME = "orchestrator.sweep"
+SWEEP_RUN_ID = "orchestrator.sweep_run_id"  # on each child: its parent's run id
+SWEEP_FINGERPRINT = "orchestrator.sweep_fingerprint"
+CONFIG_HASH = "orchestrator.config_hash"
+TRIAL_ID = "orchestrator.trial_id"
+STATUS = "orchestrator.status"  # finished, failed, diverged, killed
+ERROR = "orchestrator.error"
+METRIC = "orchestrator.metric"
+MODE = "orchestrator.mode"
+BEST_RUN_ID = "orchestrator.best_run_id"
+MODEL_REFERENCE = "orchestrator.model"
+DATA_REFERENCE = "orchestrator.data"
+DATA_OPTIONS = "orchestrator.data_options"
+HOSTNAME = "orchestrator.hostname"
+NODE_IP = "orchestrator.node_ip"
+PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: nests child runs under the parent in the UI
+
+MODEL_ARTIFACT_DIR = "model"

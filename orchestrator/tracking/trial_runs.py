@@ -1,0 +1,228 @@
+"""A Ray Tune callback that records every trial as a child run of the sweep's MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from orchestrator.space import config_hash
+from orchestrator.space.grid import readable_value
+from orchestrator.tracking import tags
+from orchestrator.tracking.store import TrackingStore
+from orchestrator.trial.runner import FINAL_RESULT_KEY
+
+_logger = logging.getLogger(__name__)
+
+#: Result keys that are Tune's bookkeeping or ours, not the model's metrics.
+_NOT_METRICS = {
+    *AUTO_RESULT_KEYS,
+    "epoch",
+    "done",
+    "config",
+    FINAL_RESULT_KEY,
+    "should_checkpoint",
+}
+#: MLflow keeps tag values up to this length.
+_TAG_LIMIT = 5000
+
+
+@dataclass
+class TrialOutcome:
+    """How one trial ended, as recorded in MLflow."""
+
+    trial_id: str
+    run_id: str
+    name: str
+    params: dict[str, Any]
+    status: str = "running"  # finished, diverged, failed, killed
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    checkpoint_path: str | None = None
+
+    def score(self, metric: str) -> float:
+        value = self.metrics.get(metric, math.nan)
+        return value if self.status == "finished" else math.nan
+
+
+class TrialRunRecorder(Callback):
+    """Creates a child run when a trial starts, logs its epochs as they come, and closes it.
+
+    Metrics of one epoch go to MLflow in one batched call. Each trial's run is closed as soon
+    as the trial ends, so a sweep that dies later loses no finished trial.
+    """
+
+    def __init__(
+        self,
+        store: TrackingStore,
+        experiment_id: str,
+        sweep_run_id: str,
+        sweep_name: str,
+        metric: str,
+        on_trial_end: Callable[[TrialOutcome], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._client = store.client
+        self._experiment_id = experiment_id
+        self._sweep_run_id = sweep_run_id
+        self._sweep_name = sweep_name
+        self._metric = metric
+        self._on_trial_end = on_trial_end
+        self.outcomes: dict[str, TrialOutcome] = {}
+
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        from mlflow.entities import Param
+
+        if trial.trial_id in self.outcomes:  # A retried trial keeps its run.
+            return
+        params = dict(trial.config)
+        number = trial.trial_id.rsplit("_", 1)[-1]
+        prefix = str(readable_value(params.get("architecture", "trial")))
+        name = f"{prefix}-{number}"
+        run = self._client.create_run(
+            self._experiment_id,
+            run_name=name,
+            tags={
+                tags.PARENT_RUN_ID: self._sweep_run_id,
+                tags.SWEEP_RUN_ID: self._sweep_run_id,
+                tags.SWEEP_NAME: self._sweep_name,
+                tags.KIND: "trial",
+                tags.TRIAL_ID: trial.trial_id,
+                tags.CONFIG_HASH: config_hash(params),
+                tags.STATUS: "running",
+            },
+        )
+        run_id = run.info.run_id
+        self._client.log_batch(
+            run_id,
+            params=[Param(name, str(readable_value(value))) for name, value in params.items()],
+        )
+        self.outcomes[trial.trial_id] = TrialOutcome(trial.trial_id, run_id, name, params)
+
+    def on_trial_result(
+        self,
+        iteration: int,
+        trials: list[Trial],
+        trial: Trial,
+        result: dict[str, Any],
+        **info: Any,
+    ) -> None:
+        outcome = self.outcomes.get(trial.trial_id)
+        if outcome is None or result.get(FINAL_RESULT_KEY):
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = _model_metrics(result)
+        self._log_metrics(outcome.run_id, metrics, step)
+        outcome.metrics = metrics
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        outcome = self.outcomes.get(trial.trial_id)
+        if outcome is None:
+            return
+        result = dict(trial.last_result or {})
+        final = _model_metrics(result)
+        final["trial_seconds"] = float(result.get("time_total_s", math.nan))
+        # The last epoch is logged already; only totals and late additions are new.
+        logged = outcome.metrics
+        new = {name: value for name, value in final.items() if logged.get(name) != value}
+        self._log_metrics(outcome.run_id, new, int(final.get("epochs_trained", 0)))
+        outcome.metrics = final
+        diverged = "diverged_epoch" in outcome.metrics or not math.isfinite(
+            outcome.metrics.get(self._metric, 0.0)
+        )
+        outcome.status = "diverged" if diverged else "finished"
+        if trial.checkpoint is not None:
+            outcome.checkpoint_path = trial.checkpoint.path
+        self._set_tags(
+            outcome.run_id,
+            {
+                tags.STATUS: outcome.status,
+                tags.HOSTNAME: str(result.get("hostname", "")),
+                tags.NODE_IP: str(result.get("node_ip", "")),
+            },
+        )
+        self._client.set_terminated(outcome.run_id, "FINISHED")
+        self._finish(outcome)
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        outcome = self.outcomes.get(trial.trial_id)
+        if outcome is None:
+            return
+        summary, details = _describe_error(trial)
+        outcome.status, outcome.error = "failed", summary
+        self._set_tags(outcome.run_id, {tags.STATUS: "failed", tags.ERROR: summary[:_TAG_LIMIT]})
+        if details:
+            self._client.log_text(outcome.run_id, details, "error.txt")
+        self._client.set_terminated(outcome.run_id, "FAILED")
+        self._finish(outcome)
+
+    def close_unfinished(self, status: str = "KILLED") -> None:
+        """Close the runs of trials that had not ended (the sweep was interrupted)."""
+        for outcome in self.outcomes.values():
+            if outcome.status == "running":
+                outcome.status = "killed"
+                self._set_tags(outcome.run_id, {tags.STATUS: "killed"})
+                self._client.set_terminated(outcome.run_id, status)
+
+    def _finish(self, outcome: TrialOutcome) -> None:
+        if self._on_trial_end is not None:
+            self._on_trial_end(outcome)
+
+    def _log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(name, value, now, step) for name, value in metrics.items()]
+        if batch:
+            self._client.log_batch(run_id, metrics=batch)
+
+    def _set_tags(self, run_id: str, values: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(run_id, tags=[RunTag(key, value) for key, value in values.items()])
+
+
+def _model_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, value in result.items():
+        if name in _NOT_METRICS or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            metrics[name] = float(value)
+    return metrics
+
+
+def _describe_error(trial: Trial) -> tuple[str, str]:
+    """A one-line reason and the full traceback of a failed trial."""
+    details = ""
+    if trial.error_file:
+        try:
+            with open(trial.error_file) as handle:
+                details = handle.read()
+        except OSError:
+            details = ""
+    error = None
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # An error that cannot be unpickled still has its text file.
+        error = None
+    cause = getattr(error, "cause", None) or error
+    if cause is not None:
+        summary = f"{type(cause).__name__}: {cause}".splitlines()[0]
+    else:
+        lines = [line for line in details.strip().splitlines() if line.strip()]
+        summary = lines[-1] if lines else "the trial failed without an error message"
+    return summary, details

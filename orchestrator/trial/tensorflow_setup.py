@@ -1,0 +1,40 @@
+"""Fitting TensorFlow to the share of the machine Ray gave a trial."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+_logger = logging.getLogger(__name__)
+
+_configured = False
+
+
+def configure_tensorflow(cpus: float, gpus: float) -> None:
+    """Limit TensorFlow's threads to the trial's CPUs and its GPU use to the trial's devices.
+
+    Two trials on two cores that each start a thread per core fight for both; a thread pool the
+    size of the trial's CPUs keeps them apart. GPU memory grows on demand, so trials packed on
+    one GPU by a fractional request do not each grab the whole card. A trial given no GPU sees
+    none. TensorFlow accepts these settings once per process; a reused worker keeps its first.
+    """
+    global _configured
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if _configured:
+        return
+    import tensorflow as tf
+
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        if gpus == 0:
+            tf.config.set_visible_devices([], "GPU")
+        else:
+            for device in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(device, True)
+    except RuntimeError:
+        # The runtime was initialised before us (by the user's own code at import time).
+        _logger.debug("TensorFlow was already initialised; keeping its thread settings")
+    _configured = True

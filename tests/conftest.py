@@ -1,0 +1,53 @@
+"""Shared fixtures: one real Ray instance per test session, a fresh MLflow store per test."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A local Ray instance with two CPUs, started once and shared by every test."""
+    import logging
+
+    import ray
+
+    from orchestrator.scheduling.sweep_runner import WORKER_ENV
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        runtime_env={"env_vars": dict(WORKER_ENV)},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def write_sweep(tmp_path: Path):
+    """Write a sweep file into the test's folder; returns its path."""
+
+    def write(text: str, name: str = "sweep.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
