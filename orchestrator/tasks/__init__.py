@@ -1,0 +1,1 @@
+"""Example tasks shipped with the package: data loaders and model functions to sweep."""

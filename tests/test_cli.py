@@ -1,0 +1,210 @@
+"""The command line on the flagship task: run, results, validate and predict, end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from orchestrator.cli.main import main
+
+FLAGSHIP = """\
+name: cli-multibase
+model: orchestrator.tasks.multibase_addition:build_and_fit
+data:
+  function: orchestrator.tasks.multibase_addition:load_data
+  options: {{n_samples: 400, max_operand: 15, bases: [b, d], seed: 1}}
+params:
+  architecture: [repeat_vector, encoder_decoder]
+  lr: [0.01]
+  layer_1_text_input_neuron: [16]
+  layer_1_base_input_neuron: [8]
+  concatenated_layer_neuron: [16, 24]
+  epochs: [2]
+  batch: [32]
+tracking: {tracking}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, ray_session):
+    """One small flagship sweep run through `orchestrator run`, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("cli")
+    tracking = f"sqlite:///{folder / 'mlflow.db'}"
+    path = folder / "sweep.yaml"
+    path.write_text(FLAGSHIP.format(tracking=tracking))
+    return path, tracking
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def run_output(finished_sweep):
+    path, _ = finished_sweep
+    # capsys is per test; this output is shared by the module's tests.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["run", str(path)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def trial_order(text: str) -> list[str]:
+    return re.findall(r"^\s*\d+\s+((?:repeat_vector|encoder_decoder)-\d+)", text, re.MULTILINE)
+
+
+def test_run_finishes_every_trial_and_prints_the_leaderboard(run_output):
+    code, out, err = run_output
+
+    assert code == 0, err
+    assert "4 finished, 0 failed" in out
+    assert len(trial_order(out)) == 4
+    assert "sweep 'cli-multibase': 4 trials" in err
+    assert "Traceback" not in err
+
+
+def test_results_shows_the_same_order_as_the_run(run_output, finished_sweep, capsys):
+    _, run_out, _ = run_output
+    path, tracking = finished_sweep
+
+    code, out, _ = run_cli(capsys, "results", "cli-multibase", "--tracking-uri", tracking)
+
+    assert code == 0
+    assert trial_order(out) == trial_order(run_out)
+    code, by_file, _ = run_cli(capsys, "results", str(path))
+    assert trial_order(by_file) == trial_order(run_out)
+
+
+def test_results_sorts_by_any_metric_in_its_natural_direction(run_output, finished_sweep, capsys):
+    _, tracking = finished_sweep
+
+    _, out, _ = run_cli(
+        capsys, "results", "cli-multibase", "--tracking-uri", tracking, "--format", "json"
+    )
+    rows = json.loads(out)
+    assert [row["val_acc"] for row in rows] == sorted((r["val_acc"] for r in rows), reverse=True)
+    assert {row["architecture"] for row in rows} == {"repeat_vector", "encoder_decoder"}
+    assert all(0.0 <= row["val_exact"] <= 1.0 for row in rows)
+
+    _, out, _ = run_cli(
+        capsys,
+        "results",
+        "cli-multibase",
+        "--tracking-uri",
+        tracking,
+        "--sort",
+        "val_loss",
+        "--format",
+        "json",
+        "--top",
+        "3",
+    )
+    losses = [row["val_loss"] for row in json.loads(out)]
+    assert len(losses) == 3
+    assert losses == sorted(losses)
+
+    _, out, _ = run_cli(
+        capsys, "results", "cli-multibase", "--tracking-uri", tracking, "--format", "csv"
+    )
+    assert out.splitlines()[0].startswith("rank,trial,status,val_acc")
+
+
+def test_predict_decodes_with_the_best_model(run_output, finished_sweep, capsys):
+    _, tracking = finished_sweep
+
+    code, out, err = run_cli(
+        capsys, "predict", "cli-multibase", "10+1000", "--base", "b", "--tracking-uri", tracking
+    )
+
+    assert code == 0, err
+    assert re.fullmatch(r"10\+1000 in base b -> \d*\n", out), out
+
+
+def test_predict_rejects_a_digit_outside_the_base_in_one_line(run_output, finished_sweep, capsys):
+    _, tracking = finished_sweep
+
+    code, _, err = run_cli(
+        capsys, "predict", "cli-multibase", "12+3", "--base", "b", "--tracking-uri", tracking
+    )
+
+    assert code == 2
+    assert err.startswith("error: cannot encode '12+3' in base b")
+    assert err.count("\n") == 1
+
+
+def test_results_for_an_unknown_sweep_lists_the_known_ones(finished_sweep, capsys):
+    _, tracking = finished_sweep
+
+    code, _, err = run_cli(capsys, "results", "nope", "--tracking-uri", tracking)
+
+    assert code == 2
+    assert "no experiment named 'nope'" in err
+
+
+def test_validate_shows_the_grid_and_the_first_trials(finished_sweep, capsys):
+    path, _ = finished_sweep
+
+    code, out, _ = run_cli(capsys, "validate", str(path), "--show", "2")
+
+    assert code == 0
+    assert "grid size: 4" in out
+    assert "trials to run: 4" in out
+    assert "0: architecture=repeat_vector" in out
+    assert "... and 2 more" in out
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_ui_serves_the_sweeps_store_on_loopback(run_output, finished_sweep):
+    _, tracking = finished_sweep
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli.main",
+            "ui",
+            "cli-multibase",
+            "--tracking-uri",
+            tracking,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = (
+        f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name"
+        "?experiment_name=cli-multibase"
+    )
+    try:
+        deadline = time.monotonic() + 90
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = json.load(response)
+            except OSError:
+                time.sleep(1)
+        assert body is not None, "the MLflow UI did not answer within 90 s"
+        assert body["experiment"]["name"] == "cli-multibase"
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert f"MLflow UI on http://127.0.0.1:{port}/#/experiments/" in err
