@@ -170,41 +170,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_ui_serves_the_sweeps_store_on_loopback(run_output, finished_sweep):
+def test_ui_serves_the_sweeps_store_on_loopback(run_output, finished_sweep, tmp_path):
     _, tracking = finished_sweep
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli.main",
-            "ui",
-            "cli-multibase",
-            "--tracking-uri",
-            tracking,
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "ui.log"
+    command = [sys.executable, "-m", "orchestrator.cli.main", "ui", "cli-multibase"]
+    command += ["--tracking-uri", tracking, "--port", str(port)]
+    with log.open("w") as sink:  # A file, not a pipe: a full pipe would stall the server.
+        server = subprocess.Popen(command, stdout=sink, stderr=sink)
     url = (
         f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name"
         "?experiment_name=cli-multibase"
     )
     try:
-        deadline = time.monotonic() + 90
         body = None
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and body is None:
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
                     body = json.load(response)
             except OSError:
                 time.sleep(1)
-        assert body is not None, "the MLflow UI did not answer within 90 s"
+        assert body is not None, log.read_text()[-2000:]
         assert body["experiment"]["name"] == "cli-multibase"
     finally:
         server.terminate()
-        _, err = server.communicate(timeout=30)
-    assert f"MLflow UI on http://127.0.0.1:{port}/#/experiments/" in err
+        server.wait(timeout=30)
+    assert f"MLflow UI on http://127.0.0.1:{port}/#/experiments/" in log.read_text()

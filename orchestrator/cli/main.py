@@ -167,8 +167,6 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     uri, experiment = _locate(args.name, args.tracking_uri) if args.name else (None, None)
     if uri is None:
         from orchestrator.tracking import resolve_tracking_uri
@@ -180,10 +178,14 @@ def _ui(args: argparse.Namespace) -> int:
 
         experiment_id = TrackingStore(uri).experiment_id(experiment, create=False)
         address += f"/#/experiments/{experiment_id}"
-    print(f"MLflow UI on {address} (Ctrl-C stops it)", file=sys.stderr)
+    print(f"MLflow UI on {address} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]
-    return subprocess.call(command)
+    # Browsing needs no background job runners (eight more processes); and the UI replaces
+    # this process, so a signal that stops `orchestrator ui` stops the server itself.
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    os.execve(sys.executable, command, environment)
+    return EXIT_OK  # Not reached: execve does not return.
 
 
 def _predict(args: argparse.Namespace) -> int:
