@@ -189,3 +189,15 @@ def test_missing_hyperparameters_are_named(data: Data) -> None:
 
     with pytest.raises(ValueError, match=r"params: missing lr; required: lr, "):
         build_and_fit(*data, {**params, "architecture": "repeat_vector"})
+
+
+def test_encoder_decoder_val_acc_is_measured_on_greedy_decoding(data: Data, trained):
+    history, model = trained["encoder_decoder"]
+    _, _, x_val, y_val = data
+
+    predicted = model.predict(x_val, verbose=0)
+    greedy = float(np.mean(np.argmax(predicted, -1) == np.argmax(y_val, -1)))
+
+    assert history.history["val_acc"][-1] == pytest.approx(greedy, abs=1e-6)
+    assert len(history.history["val_acc_teacher_forced"]) == PARAMS["epochs"]
+    assert "val_acc_teacher_forced" not in trained["repeat_vector"][0].history

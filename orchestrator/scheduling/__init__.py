@@ -1,5 +1,5 @@
 """Scheduling a sweep's trials on Ray Tune."""
 
-from orchestrator.scheduling.sweep_runner import SweepResult, run_sweep
+from orchestrator.scheduling.sweep_runner import SweepPlan, SweepResult, execute, run_sweep
 
-__all__ = ["SweepResult", "run_sweep"]
+__all__ = ["SweepPlan", "SweepResult", "execute", "run_sweep"]

@@ -27,6 +27,48 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 
 
 @dataclass
+class SweepPlan:
+    """Everything a sweep execution needs, however it was declared (a file, or Python).
+
+    Attributes:
+        name: the sweep's name, recorded on every run.
+        experiment: the MLflow experiment.
+        combinations: the parameter combinations to train, in order.
+        model_fn: the Talos-style model function.
+        data: ``(x_train, y_train, x_val, y_val)``, shipped once to Ray's object store.
+        tracking_uri: the resolved MLflow store.
+        metric, mode: what ranks the trials.
+        cpus_per_trial, gpus_per_trial, max_concurrent_trials: Ray resources.
+        grid_size: the size of the space the combinations were drawn from.
+        target: stop starting trials once a finished trial reaches this metric value.
+        deadline: stop starting trials after this time (seconds since the epoch).
+        storage: where Ray keeps trial checkpoints; Ray's default when None.
+        description: shown on the parent run.
+        record: extra tags for the parent run (what declared the sweep).
+        artifacts: text artifacts for the parent run, by path.
+    """
+
+    name: str
+    experiment: str
+    combinations: list[dict[str, Any]]
+    model_fn: Callable[..., Any]
+    data: tuple[Any, Any, Any, Any]
+    tracking_uri: str
+    metric: str = "val_acc"
+    mode: str = "max"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent_trials: int | None = None
+    grid_size: int | None = None
+    target: float | None = None
+    deadline: float | None = None
+    storage: str | None = None
+    description: str = ""
+    record: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class SweepResult:
     """What a sweep produced, and where it is recorded.
 
@@ -37,6 +79,7 @@ class SweepResult:
         outcomes: one entry per trial started, in start order.
         best: the best healthy trial, if any finished.
         wall_seconds: the sweep's wall time, Ray's start-up included.
+        planned: how many trials were planned; fewer start when a target or deadline stops it.
     """
 
     experiment: str
@@ -47,6 +90,7 @@ class SweepResult:
     outcomes: list[Any] = field(default_factory=list)
     best: Any = None
     wall_seconds: float = 0.0
+    planned: int = 0
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
@@ -77,80 +121,117 @@ def run_sweep(
         SweepFileError: if the model or data function cannot be used, before anything runs.
         OrchestratorError: if the data function fails.
     """
-    started = time.perf_counter()
+    spec = sweep.spec
     model_fn = sweep.model_function()
     data_fn = sweep.data_function()
-    combinations = sweep.combinations()
-    spec = sweep.spec
+    plan = SweepPlan(
+        name=sweep.name,
+        experiment=spec.experiment_name,
+        combinations=sweep.combinations(),
+        model_fn=model_fn,
+        data=load_data(data_fn, spec.data.options, sweep.source),
+        tracking_uri=resolve_tracking_uri(tracking_uri, spec.tracking.uri),
+        metric=spec.metric,
+        mode=spec.mode,
+        cpus_per_trial=spec.resources.cpus_per_trial,
+        gpus_per_trial=spec.resources.gpus_per_trial,
+        max_concurrent_trials=spec.resources.max_concurrent_trials,
+        grid_size=grid_size(spec.params),
+        storage=spec.storage,
+        description=spec.description,
+        record={
+            tags.SWEEP_FINGERPRINT: sweep.fingerprint,
+            tags.MODEL_REFERENCE: spec.model,
+            tags.DATA_REFERENCE: spec.data.function,
+            tags.DATA_OPTIONS: json.dumps(spec.data.options, default=str),
+            "search": spec.search.method,
+            "sweep_file": sweep.source,
+        },
+        artifacts={f"sweep/{Path(sweep.source).name or 'sweep.yaml'}": sweep.text},
+    )
+    return execute(plan, address=address, on_trial_end=on_trial_end, verbose=verbose)
 
-    uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri)
-    store = TrackingStore(uri)
-    experiment_id = store.experiment_id(spec.experiment_name)
-    sweep_run_id = _start_sweep_run(store, experiment_id, sweep, len(combinations))
-    result = SweepResult(spec.experiment_name, uri, sweep_run_id, spec.metric, spec.mode)
-    _logger.info("sweep '%s': %d trials, tracked in %s", sweep.name, len(combinations), uri)
 
-    recorder = None
+def execute(
+    plan: SweepPlan,
+    *,
+    address: str | None = None,
+    on_trial_end: Callable[[Any], None] | None = None,
+    verbose: bool = False,
+) -> SweepResult:
+    """Run a plan's trials on Ray Tune, one child run each under a new parent run."""
+    started = time.perf_counter()
+    store = TrackingStore(plan.tracking_uri)
+    experiment_id = store.experiment_id(plan.experiment)
+    sweep_run_id = _start_sweep_run(store, experiment_id, plan)
+    result = SweepResult(
+        plan.experiment,
+        plan.tracking_uri,
+        sweep_run_id,
+        plan.metric,
+        plan.mode,
+        planned=len(plan.combinations),
+    )
+    _logger.info("sweep '%s': %d trials, tracked in %s", plan.name, result.planned, store.uri)
+
+    from orchestrator.tracking.trial_runs import TrialRunRecorder
+
+    stop = _StopRule(plan)
+
+    def trial_ended(outcome: Any) -> None:
+        stop.observe(outcome)
+        if on_trial_end is not None:
+            on_trial_end(outcome)
+
+    recorder = TrialRunRecorder(
+        store, experiment_id, sweep_run_id, plan.name, plan.metric, trial_ended
+    )
     status = "FAILED"
     try:
-        data = _load_data(data_fn, spec.data.options, sweep.source)
         _init_ray(address, verbose)
-        from orchestrator.tracking.trial_runs import TrialRunRecorder
-
-        recorder = TrialRunRecorder(
-            store, experiment_id, sweep_run_id, sweep.name, spec.metric, on_trial_end
-        )
-        _tune(sweep, combinations, data, model_fn, recorder, sweep_run_id)
+        _tune(plan, recorder, sweep_run_id, stop)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        if recorder is not None:
-            recorder.close_unfinished()
-            result.outcomes = list(recorder.outcomes.values())
+        recorder.close_unfinished()
+        result.outcomes = list(recorder.outcomes.values())
         result.best = _best(store, result)
         result.wall_seconds = time.perf_counter() - started
-        _end_sweep_run(store, result, status)
+        _end_sweep_run(store, result, status, stop.reason)
     return result
 
 
-def _start_sweep_run(store: TrackingStore, experiment_id: str, sweep: Sweep, trials: int) -> str:
-    from mlflow.entities import Param
+class _StopRule:
+    """Decides when no further trial should start: a target reached, or a deadline passed."""
 
-    spec = sweep.spec
-    run = store.client.create_run(
-        experiment_id,
-        run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={
-            tags.KIND: "sweep",
-            tags.SWEEP_NAME: sweep.name,
-            tags.SWEEP_FINGERPRINT: sweep.fingerprint,
-            tags.METRIC: spec.metric,
-            tags.MODE: spec.mode,
-            tags.MODEL_REFERENCE: spec.model,
-            tags.DATA_REFERENCE: spec.data.function,
-            tags.DATA_OPTIONS: json.dumps(spec.data.options, default=str),
-            "mlflow.note.content": spec.description,
-        },
-    )
-    run_id = run.info.run_id
-    store.client.log_batch(
-        run_id,
-        params=[
-            Param("grid_size", str(grid_size(spec.params))),
-            Param("trials", str(trials)),
-            Param("search", spec.search.method),
-            Param("metric", spec.metric),
-            Param("mode", spec.mode),
-            Param("sweep_file", sweep.source),
-        ],
-    )
-    store.client.log_text(run_id, sweep.text, f"sweep/{Path(sweep.source).name or 'sweep.yaml'}")
-    return run_id
+    def __init__(self, plan: SweepPlan) -> None:
+        self._plan = plan
+        self.reason: str | None = None
+
+    def observe(self, outcome: Any) -> None:
+        target = self._plan.target
+        value = outcome.score(self._plan.metric)
+        if target is None or not math.isfinite(value) or self.reason:
+            return
+        reached = value >= target if self._plan.mode == "max" else value <= target
+        if reached:
+            self.reason = f"{self._plan.metric}={value:.4g} reached the target {target}"
+
+    def __call__(self) -> bool:
+        deadline = self._plan.deadline
+        if not self.reason and deadline is not None and time.time() >= deadline:
+            self.reason = "the time limit passed"
+        return self.reason is not None
 
 
-def _load_data(data_fn: Callable[..., Any], options: dict[str, Any], source: str) -> Any:
+def load_data(data_fn: Callable[..., Any], options: dict[str, Any], source: str) -> Any:
+    """Call the data function once; its result must be ``(x_train, y_train, x_val, y_val)``.
+
+    Raises:
+        OrchestratorError: naming the sweep, if the function fails or returns something else.
+    """
     try:
         data = data_fn(**options)
     except Exception as error:
@@ -163,6 +244,41 @@ def _load_data(data_fn: Callable[..., Any], options: dict[str, Any], source: str
             f"got {type(data).__name__}"
         )
     return tuple(data)
+
+
+def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) -> str:
+    from mlflow.entities import Param
+
+    run_tags = {
+        tags.KIND: "sweep",
+        tags.SWEEP_NAME: plan.name,
+        tags.METRIC: plan.metric,
+        tags.MODE: plan.mode,
+        **{key: value for key, value in plan.record.items() if key.startswith("orchestrator.")},
+    }
+    if plan.description:
+        run_tags["mlflow.note.content"] = plan.description
+    run = store.client.create_run(
+        experiment_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", tags=run_tags
+    )
+    run_id = run.info.run_id
+    params = {
+        "grid_size": str(plan.grid_size if plan.grid_size is not None else "-"),
+        "trials": str(len(plan.combinations)),
+        "metric": plan.metric,
+        "mode": plan.mode,
+        "cpus_per_trial": str(plan.cpus_per_trial),
+        "gpus_per_trial": str(plan.gpus_per_trial),
+        **{
+            key: value for key, value in plan.record.items() if not key.startswith("orchestrator.")
+        },
+    }
+    if plan.target is not None:
+        params["target"] = str(plan.target)
+    store.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    for path, text in plan.artifacts.items():
+        store.client.log_text(run_id, text, path)
+    return run_id
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:
@@ -180,41 +296,29 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     )
 
 
-def _tune(
-    sweep: Sweep,
-    combinations: list[dict[str, Any]],
-    data: Any,
-    model_fn: Callable[..., Any],
-    recorder: Any,
-    sweep_run_id: str,
-) -> None:
+def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) -> None:
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    spec = sweep.spec
-    resources = spec.resources
+    from orchestrator.scheduling.searcher import PlannedSearcher
+
     settings = TrialSettings(
-        metric=spec.metric, cpus=resources.cpus_per_trial, gpus=resources.gpus_per_trial
+        metric=plan.metric, cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, model_fn=model_fn, settings=settings),
-        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+        tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
     )
-    # The space is declared to Tune as choices so its tools see every parameter's values; the
-    # trials themselves are exactly our combinations, handed over as points to evaluate.
-    space = {name: tune.choice(values) for name, values in spec.params.items()}
     tuner = tune.Tuner(
         trainable,
-        param_space=space,
         tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=combinations),
-            num_samples=len(combinations),
-            max_concurrent_trials=resources.max_concurrent_trials,
+            search_alg=PlannedSearcher(plan.combinations, stop),
+            num_samples=len(plan.combinations),
+            max_concurrent_trials=plan.max_concurrent_trials,
             reuse_actors=True,  # Workers keep TensorFlow imported from one trial to the next.
         ),
         run_config=tune.RunConfig(
-            name=f"{_safe(sweep.name)}-{sweep_run_id[:8]}",
-            storage_path=str(Path(spec.storage).resolve()) if spec.storage else None,
+            name=f"{_safe(plan.name)}-{sweep_run_id[:8]}",
+            storage_path=str(Path(plan.storage).resolve()) if plan.storage else None,
             callbacks=[recorder],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
@@ -235,7 +339,9 @@ def _best(store: TrackingStore, result: SweepResult) -> Any:
     return healthy[ranked[0]] if ranked else None
 
 
-def _end_sweep_run(store: TrackingStore, result: SweepResult, status: str) -> None:
+def _end_sweep_run(
+    store: TrackingStore, result: SweepResult, status: str, stopped_because: str | None
+) -> None:
     from mlflow.entities import Metric, RunTag
 
     client = store.client
@@ -244,6 +350,8 @@ def _end_sweep_run(store: TrackingStore, result: SweepResult, status: str) -> No
     metrics = [Metric(f"trials_{name}", value, now, 0) for name, value in counts.items()]
     metrics.append(Metric("wall_seconds", result.wall_seconds, now, 0))
     run_tags = []
+    if stopped_because:
+        run_tags.append(RunTag(tags.STOPPED_EARLY, stopped_because))
     best = result.best
     if best is not None:
         metrics.append(Metric(f"best_{result.metric}", best.score(result.metric), now, 0))

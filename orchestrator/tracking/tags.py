@@ -19,3 +19,4 @@ NODE_IP = "orchestrator.node_ip"
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: nests child runs under the parent in the UI
 
 MODEL_ARTIFACT_DIR = "model"
+STOPPED_EARLY = "orchestrator.stopped_early"  # why no further trial started, if so

@@ -85,9 +85,9 @@ class TrialRunRecorder(Callback):
         if trial.trial_id in self.outcomes:  # A retried trial keeps its run.
             return
         params = dict(trial.config)
-        number = trial.trial_id.rsplit("_", 1)[-1]
+        # Numbered in start order, which follows the plan unless actors start out of turn.
         prefix = str(readable_value(params.get("architecture", "trial")))
-        name = f"{prefix}-{number}"
+        name = f"{prefix}-{len(self.outcomes):04d}"
         run = self._client.create_run(
             self._experiment_id,
             run_name=name,

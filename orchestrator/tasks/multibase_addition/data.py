@@ -227,6 +227,11 @@ def exact_match(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
+def character_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of characters (pad included) predicted right, over every sum."""
+    return float(np.mean(np.argmax(y_true, axis=-1) == np.argmax(y_pred, axis=-1)))
+
+
 def load_data(
     n_samples: int = 5000,
     max_operand: int = 255,
