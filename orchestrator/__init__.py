@@ -16,8 +16,10 @@ from orchestrator.errors import (
 from orchestrator.sweep import Sweep, load_sweep
 
 __all__ = [
+    "Analyze",
     "ImportPathError",
     "OrchestratorError",
+    "Scan",
     "Sweep",
     "SweepFileError",
     "TrackingError",
@@ -28,9 +30,13 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):  # Lazy so that importing the package stays light.
+def __getattr__(name: str) -> object:  # Lazy so that importing the package stays light.
     if name == "run_sweep":
         from orchestrator.scheduling import run_sweep
 
         return run_sweep
+    if name in ("Scan", "Analyze"):
+        from orchestrator import talos_compat
+
+        return getattr(talos_compat, name)
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -18,12 +18,16 @@ from orchestrator.space.grid import readable_value
 from orchestrator.sweep import Sweep
 from orchestrator.tracking import tags
 from orchestrator.tracking.store import TrackingStore, resolve_tracking_uri
-from orchestrator.trial.runner import MODEL_FILENAME, TrialSettings, run_trial
+from orchestrator.trial.runner import TrialSettings, run_trial
 
 _logger = logging.getLogger(__name__)
 
 #: Environment every trial's worker starts with: quiet TensorFlow, Keras on TensorFlow.
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+
+
+class MetricNotReportedError(OrchestratorError):
+    """The sweep ranks by a metric its model never reports (found after the first trial)."""
 
 
 @dataclass
@@ -46,6 +50,7 @@ class SweepPlan:
         description: shown on the parent run.
         record: extra tags for the parent run (what declared the sweep).
         artifacts: text artifacts for the parent run, by path.
+        log_every_model: log every trial's model to its run, not only the best one's.
     """
 
     name: str
@@ -66,6 +71,7 @@ class SweepPlan:
     description: str = ""
     record: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    log_every_model: bool = False
 
 
 @dataclass
@@ -184,7 +190,13 @@ def execute(
             on_trial_end(outcome)
 
     recorder = TrialRunRecorder(
-        store, experiment_id, sweep_run_id, plan.name, plan.metric, trial_ended
+        store,
+        experiment_id,
+        sweep_run_id,
+        plan.name,
+        plan.metric,
+        trial_ended,
+        log_every_model=plan.log_every_model,
     )
     status = "FAILED"
     try:
@@ -199,18 +211,30 @@ def execute(
         result.outcomes = list(recorder.outcomes.values())
         result.best = _best(store, result)
         result.wall_seconds = time.perf_counter() - started
-        _end_sweep_run(store, result, status, stop.reason)
+        _end_sweep_run(store, result, status, stop.reason, not plan.log_every_model)
+    if stop.missing_metric:
+        raise MetricNotReportedError(f"{plan.name}: {stop.missing_metric}")
     return result
 
 
 class _StopRule:
-    """Decides when no further trial should start: a target reached, or a deadline passed."""
+    """Decides when no further trial should start: a target reached, a deadline passed, or
+    the first finished trial shows that the sweep's metric does not exist."""
 
     def __init__(self, plan: SweepPlan) -> None:
         self._plan = plan
         self.reason: str | None = None
+        self.missing_metric: str | None = None
 
     def observe(self, outcome: Any) -> None:
+        metric = self._plan.metric
+        if outcome.status == "finished" and metric not in outcome.metrics:
+            reported = ", ".join(sorted(outcome.metrics))
+            self.missing_metric = (
+                f"metric: no trial reports '{metric}'; the model reports: {reported}"
+            )
+            self.reason = self.missing_metric
+            return
         target = self._plan.target
         value = outcome.score(self._plan.metric)
         if target is None or not math.isfinite(value) or self.reason:
@@ -340,9 +364,15 @@ def _best(store: TrackingStore, result: SweepResult) -> Any:
 
 
 def _end_sweep_run(
-    store: TrackingStore, result: SweepResult, status: str, stopped_because: str | None
+    store: TrackingStore,
+    result: SweepResult,
+    status: str,
+    stopped_because: str | None,
+    log_best_model: bool,
 ) -> None:
     from mlflow.entities import Metric, RunTag
+
+    from orchestrator.tracking.trial_runs import log_model
 
     client = store.client
     now = int(time.time() * 1000)
@@ -356,22 +386,12 @@ def _end_sweep_run(
     if best is not None:
         metrics.append(Metric(f"best_{result.metric}", best.score(result.metric), now, 0))
         run_tags.append(RunTag(tags.BEST_RUN_ID, best.run_id))
-        _log_best_model(store, best)
+        if log_best_model:
+            log_model(store, best)
         summary = {name: str(readable_value(value)) for name, value in best.params.items()}
         client.log_dict(result.sweep_run_id, summary, "best_params.json")
     client.log_batch(result.sweep_run_id, metrics=metrics, tags=run_tags)
     client.set_terminated(result.sweep_run_id, status)
-
-
-def _log_best_model(store: TrackingStore, best: Any) -> None:
-    if not best.checkpoint_path:
-        _logger.warning("the best trial saved no model; nothing to log")
-        return
-    model_file = Path(best.checkpoint_path) / MODEL_FILENAME
-    if not model_file.is_file():
-        _logger.warning("the best trial's checkpoint holds no %s", MODEL_FILENAME)
-        return
-    store.client.log_artifact(best.run_id, str(model_file), tags.MODEL_ARTIFACT_DIR)
 
 
 def _safe(name: str) -> str:

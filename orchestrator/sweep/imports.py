@@ -43,7 +43,7 @@ def resolve_callable(reference: str, base_dir: Path) -> Callable[..., Any]:
         raise ImportPathError(f"'{module_part}' has no attribute '{attribute}'") from None
     if not callable(target):
         raise ImportPathError(f"'{reference}' is a {type(target).__name__}, not a function")
-    _ship_by_value_if_local(module)
+    ship_by_value_if_local(module)
     return target
 
 
@@ -129,9 +129,12 @@ def _load_file(path_text: str, base_dir: Path) -> ModuleType:
     return module
 
 
-def _ship_by_value_if_local(module: ModuleType) -> None:
-    # Installed packages (ours included) import on every worker; a user's own file may not.
-    if module.__name__.split(".")[0] == "orchestrator":
+def ship_by_value_if_local(module: ModuleType) -> None:
+    """Have Ray pickle ``module``'s functions by value unless it is an installed package.
+
+    Installed packages (ours included) import on every worker; a user's own file may not.
+    """
+    if module.__name__ == "__main__" or module.__name__.split(".")[0] == "orchestrator":
         return
     origin = getattr(module, "__file__", None) or ""
     if "site-packages" in origin or "dist-packages" in origin:

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -17,7 +18,7 @@ from orchestrator.space import config_hash
 from orchestrator.space.grid import readable_value
 from orchestrator.tracking import tags
 from orchestrator.tracking.store import TrackingStore
-from orchestrator.trial.runner import FINAL_RESULT_KEY
+from orchestrator.trial.runner import FINAL_RESULT_KEY, MODEL_FILENAME
 
 _logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class TrialOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     checkpoint_path: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
 
     def score(self, metric: str) -> float:
         value = self.metrics.get(metric, math.nan)
@@ -67,6 +70,7 @@ class TrialRunRecorder(Callback):
         sweep_name: str,
         metric: str,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
+        log_every_model: bool = False,
     ) -> None:
         self._store = store
         self._client = store.client
@@ -75,6 +79,7 @@ class TrialRunRecorder(Callback):
         self._sweep_name = sweep_name
         self._metric = metric
         self._on_trial_end = on_trial_end
+        self._log_every_model = log_every_model
         self.outcomes: dict[str, TrialOutcome] = {}
 
     def on_trial_start(
@@ -106,7 +111,9 @@ class TrialRunRecorder(Callback):
             run_id,
             params=[Param(name, str(readable_value(value))) for name, value in params.items()],
         )
-        self.outcomes[trial.trial_id] = TrialOutcome(trial.trial_id, run_id, name, params)
+        self.outcomes[trial.trial_id] = TrialOutcome(
+            trial.trial_id, run_id, name, params, started_at=time.time()
+        )
 
     def on_trial_result(
         self,
@@ -144,6 +151,8 @@ class TrialRunRecorder(Callback):
         outcome.status = "diverged" if diverged else "finished"
         if trial.checkpoint is not None:
             outcome.checkpoint_path = trial.checkpoint.path
+            if self._log_every_model:
+                log_model(self._store, outcome)
         self._set_tags(
             outcome.run_id,
             {
@@ -178,6 +187,7 @@ class TrialRunRecorder(Callback):
                 self._client.set_terminated(outcome.run_id, status)
 
     def _finish(self, outcome: TrialOutcome) -> None:
+        outcome.ended_at = time.time()
         if self._on_trial_end is not None:
             self._on_trial_end(outcome)
 
@@ -226,3 +236,13 @@ def _describe_error(trial: Trial) -> tuple[str, str]:
         lines = [line for line in details.strip().splitlines() if line.strip()]
         summary = lines[-1] if lines else "the trial failed without an error message"
     return summary, details
+
+
+def log_model(store: TrackingStore, outcome: TrialOutcome) -> bool:
+    """Copy the trial's saved Keras model onto its MLflow run; False if it saved none."""
+    model_file = Path(outcome.checkpoint_path or "") / MODEL_FILENAME
+    if not outcome.checkpoint_path or not model_file.is_file():
+        _logger.warning("trial %s saved no model; nothing to log", outcome.name)
+        return False
+    store.client.log_artifact(outcome.run_id, str(model_file), tags.MODEL_ARTIFACT_DIR)
+    return True
