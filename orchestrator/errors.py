@@ -21,6 +21,10 @@ class SweepFileError(OrchestratorError):
         super().__init__(f"{where}: {problem}")
 
 
+class SearchSpaceError(OrchestratorError, ValueError):
+    """A parameter space or a sample of it that cannot be built (it would run nothing, say)."""
+
+
 class ImportPathError(OrchestratorError):
     """An import path such as ``package.module:function`` does not resolve to a callable."""
 

@@ -92,7 +92,10 @@ BROKEN = [
     (VALID + "mode: maximise\n", ["mode", "'max' or 'min'", "maximise"]),
     (VALID + "search: {method: random}\n", ["search", "trials: N"]),
     (VALID + "search: {method: random, trials: 9}\n", ["search.trials", "9", "4 combinations"]),
-    (VALID + "search: {method: annealing}\n", ["search.method", "'grid' or 'random'"]),
+    (
+        VALID + "search: {method: annealing}\n",
+        ["search.method", "'grid', 'random', 'uniform', 'sobol', 'halton' or 'latin'"],
+    ),
     (VALID + "resources: {cpus_per_trial: 0}\n", ["resources.cpus_per_trial", "greater than 0"]),
     (VALID + "resources: {gpus_per_trial: 1.5}\n", ["resources.gpus_per_trial", "whole GPUs"]),
     (VALID + "resources: {gpus: 1}\n", ["resources.gpus", "cpus_per_trial, gpus_per_trial"]),
@@ -194,3 +197,39 @@ def test_the_reference_sweep_is_the_216_combination_grid():
     ):
         assert params[width] == [64, 128, 256]
     assert (params["epochs"], params["batch"]) == ([3, 5], [16, 32])
+
+
+def test_a_range_is_talos_start_stop_steps_and_validate_shows_its_values(write_sweep, capsys):
+    from orchestrator.cli.main import main
+
+    text = VALID.replace("units: [4, 8]", "units: {start: 10, stop: 40, steps: 3}")
+    path = write_sweep(text)
+
+    assert load_sweep(path).spec.params["units"] == [10, 20, 30]
+    assert main(["validate", str(path)]) == 0
+    assert "units: 3 value(s): 10, 20, 30" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["random", "uniform", "sobol", "halton", "latin"])
+def test_each_sampling_method_is_reproducible_and_distinct(write_sweep, method):
+    text = VALID.replace("[4, 8]", "[1, 2, 3, 4, 5, 6]")
+    text += f"search: {{method: {method}, fraction: 0.5, seed: 4}}\n"
+    first = load_sweep(write_sweep(text)).combinations()
+    second = load_sweep(write_sweep(text, "again.yaml")).combinations()
+
+    assert first == second
+    assert len(first) == 6
+    assert len({tuple(c.values()) for c in first}) == 6
+
+
+def test_a_fraction_that_rounds_to_no_trial_is_refused_with_the_smallest_that_works(write_sweep):
+    text = (
+        VALID.replace("[4, 8]", "[1, 2, 3, 4, 5, 6]") + "search: {method: sobol, fraction: 0.01}\n"
+    )
+
+    with pytest.raises(SweepFileError) as caught:
+        load_sweep(write_sweep(text))
+
+    assert caught.value.field == "search.fraction"
+    assert "grid's 12 combinations" in str(caught.value)
+    assert "0.08333" in str(caught.value)

@@ -12,8 +12,9 @@ import tiny_task
 from mlflow import MlflowClient
 
 import orchestrator as ta
+from orchestrator.errors import SearchSpaceError
 from orchestrator.scheduling.sweep_runner import MetricNotReportedError
-from orchestrator.talos_compat.scan import ScanArgumentError, parameter_combinations
+from orchestrator.space.sampling import parameter_combinations
 from orchestrator.tracking import leaderboard
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -92,14 +93,14 @@ def test_a_tuple_is_start_stop_steps_as_talos_documents():
 
 
 def test_a_bare_scalar_parameter_is_a_clear_error():
-    with pytest.raises(ScanArgumentError, match=r"^params: .*'lr'.*list"):
+    with pytest.raises(SearchSpaceError, match=r"^params: .*'lr'.*list"):
         parameter_combinations({"lr": 0.01, "units": [4]})
 
 
 def test_a_fraction_that_rounds_to_no_trial_names_the_grid_and_what_works():
     params = {"a": [1, 2, 3], "b": [1, 2, 3, 4]}
 
-    with pytest.raises(ScanArgumentError) as caught:
+    with pytest.raises(SearchSpaceError) as caught:
         parameter_combinations(params, fraction_limit=0.01)
 
     message = str(caught.value)

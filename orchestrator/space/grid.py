@@ -9,8 +9,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 Params = dict[str, Any]
 
 
@@ -29,32 +27,6 @@ def expand_grid(params: Mapping[str, Sequence[Any]]) -> list[Params]:
     return [
         dict(zip(names, values, strict=True)) for values in itertools.product(*params.values())
     ]
-
-
-def sample_grid(params: Mapping[str, Sequence[Any]], count: int, seed: int | None) -> list[Params]:
-    """``count`` distinct combinations drawn uniformly from the grid, reproducible with ``seed``.
-
-    The grid is never materialised: combinations are drawn as indices and decoded, so a sample
-    of a grid of millions costs only ``count`` combinations.
-
-    Raises:
-        ValueError: if ``count`` exceeds the size of the grid.
-    """
-    size = grid_size(params)
-    if count > size:
-        raise ValueError(f"cannot draw {count} distinct combinations from a grid of {size}")
-    rng = np.random.default_rng(seed)
-    indices = rng.choice(size, size=count, replace=False)
-    return [_combination_at(params, int(index)) for index in sorted(indices)]
-
-
-def _combination_at(params: Mapping[str, Sequence[Any]], index: int) -> Params:
-    # Mixed-radix decoding matching the order of expand_grid (last parameter varies fastest).
-    combination: Params = {}
-    for name, values in reversed(list(params.items())):
-        index, digit = divmod(index, len(values))
-        combination[name] = values[digit]
-    return {name: combination[name] for name in params}
 
 
 def config_hash(params: Mapping[str, Any]) -> str:

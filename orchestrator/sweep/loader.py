@@ -13,7 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import ImportPathError, SweepFileError
-from orchestrator.space import expand_grid, grid_size, sample_grid
+from orchestrator.space import expand_grid, grid_size
+from orchestrator.space.sampling import METHODS, parameter_combinations
 from orchestrator.sweep.imports import check_model_signature, check_options, resolve_callable
 from orchestrator.sweep.schema import SECTIONS, SweepSpec
 
@@ -55,8 +56,13 @@ class Sweep:
         search = self.spec.search
         if search.method == "grid":
             return expand_grid(self.spec.params)
-        assert search.trials is not None  # Guaranteed by SearchSpec.
-        return sample_grid(self.spec.params, search.trials, search.seed)
+        return parameter_combinations(
+            self.spec.params,
+            METHODS[search.method],
+            fraction_limit=search.fraction,
+            round_limit=search.trials,
+            seed=search.seed,
+        )
 
     def model_function(self) -> Callable[..., Any]:
         """The model function, imported and checked to take the Talos-style arguments."""
@@ -130,7 +136,15 @@ def sweep_from_mapping(
         base_dir=(base_dir or Path.cwd()).resolve(),
     )
     search = spec.search
-    if search.method == "random" and search.trials and search.trials > sweep.grid_size:
+    if search.fraction and int(search.fraction * sweep.grid_size) < 1:
+        raise SweepFileError(
+            source,
+            "search.fraction",
+            f"{search.fraction} of the grid's {sweep.grid_size} combinations is no combination "
+            f"at all; the smallest fraction that runs one is {1 / sweep.grid_size:.4g} "
+            "(or use 'trials: 1')",
+        )
+    if search.trials and search.trials > sweep.grid_size:
         raise SweepFileError(
             source,
             "search.trials",

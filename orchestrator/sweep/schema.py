@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.errors import OrchestratorError
+
 Scalar = str | int | float | bool | None
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -23,18 +25,27 @@ class DataSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """Which combinations of the grid run: all of them, or a reproducible random sample."""
+    """Which combinations of the grid run: all of them, or a reproducible sample of them.
 
-    method: Literal["grid", "random"] = "grid"
+    ``random``/``uniform`` draw uniformly; ``sobol``, ``halton`` and ``latin`` (Latin
+    hypercube) spread the sample quasi-randomly over the grid, as Talos's methods of those names.
+    A sample is sized by ``trials`` (a count) or ``fraction`` (of the grid).
+    """
+
+    method: Literal["grid", "random", "uniform", "sobol", "halton", "latin"] = "grid"
     trials: int | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
 
     @model_validator(mode="after")
-    def _random_needs_a_count(self) -> SearchSpec:
-        if self.method == "random" and self.trials is None:
+    def _sample_needs_a_size(self) -> SearchSpec:
+        if self.method != "grid" and (self.trials is None) == (self.fraction is None):
             raise ValueError(
-                "method 'random' needs 'trials: N', the number of combinations to draw"
+                f"method '{self.method}' needs one of 'trials: N' or 'fraction: F' "
+                "(how many combinations to draw)"
             )
+        if self.method == "grid" and (self.trials or self.fraction):
+            raise ValueError("'trials' and 'fraction' size a sample; with 'method: grid' all run")
         return self
 
 
@@ -94,14 +105,12 @@ class SweepSpec(_Strict):
 
     @field_validator("params", mode="before")
     @classmethod
-    def _scalars_are_one_value(cls, value: Any) -> Any:
-        # `lr: 0.01` is read as the single value it obviously means, never silently dropped.
+    def _scalars_and_ranges_are_lists(cls, value: Any) -> Any:
+        # `lr: 0.01` is read as the single value it obviously means, never silently dropped;
+        # `{start: 10, stop: 40, steps: 3}` is Talos's (10, 40, 3) range, here [10, 20, 30].
         if not isinstance(value, dict):
             return value
-        return {
-            name: values if isinstance(values, list) else [values]
-            for name, values in value.items()
-        }
+        return {name: _as_values(name, values) for name, values in value.items()}
 
     @field_validator("params")
     @classmethod
@@ -116,6 +125,27 @@ class SweepSpec(_Strict):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
+
+
+_RANGE_KEYS = {"start", "stop", "steps"}
+
+
+def _as_values(name: str, values: Any) -> Any:
+    if isinstance(values, list):
+        return values
+    if isinstance(values, dict) and set(values) == _RANGE_KEYS:
+        from orchestrator.space.sampling import expand_range
+
+        try:
+            return expand_range(values["start"], values["stop"], values["steps"])
+        except OrchestratorError as error:
+            raise ValueError(f"'{name}': {error}") from None
+    if isinstance(values, dict):
+        raise ValueError(
+            f"'{name}': a range is written {{start: 10, stop: 40, steps: 3}}; got keys "
+            f"{', '.join(map(str, values))}"
+        )
+    return [values]
 
 
 #: For "unknown key" messages: the keys accepted at each place of the file.

@@ -26,6 +26,7 @@ from talos.commands.analyze import Analyze as _TalosAnalyze
 from orchestrator.errors import OrchestratorError
 from orchestrator.space import config_hash
 from orchestrator.space.grid import readable_value
+from orchestrator.space.sampling import parameter_combinations, talos_grid_size
 from orchestrator.sweep.imports import ship_by_value_if_local
 from orchestrator.trial.runner import MODEL_FILENAME
 
@@ -188,7 +189,7 @@ class Scan:
             cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial,
             max_concurrent_trials=max_concurrent_trials,
-            grid_size=_grid_size(self.params),
+            grid_size=talos_grid_size(self.params),
             target=target,
             deadline=_deadline(self.time_limit),
             record={"search": self.random_method, "front": "orchestrator.Scan"},
@@ -264,65 +265,6 @@ class Analyze(_TalosAnalyze):
     """Talos's ``Analyze`` (best params, correlations, rounds to the best) over ``Scan.data``."""
 
 
-def parameter_combinations(
-    params: Mapping[str, Any],
-    random_method: str = "uniform_mersenne",
-    fraction_limit: float | None = None,
-    round_limit: int | None = None,
-    boolean_limit: Callable[[dict[str, Any]], bool] | None = None,
-    seed: int | None = None,
-) -> list[dict[str, Any]]:
-    """The combinations Talos would run for these arguments, in Talos's order.
-
-    Raises:
-        ScanArgumentError: for a malformed parameter, an unknown method, or a sample that
-            rounds to no combination (with the grid's size and the smallest limit that works).
-    """
-    from talos.parameters.ParamSpace import ParamSpace, normalize_domains
-
-    try:
-        domains = normalize_domains(dict(params))
-    except (TypeError, ValueError) as error:
-        raise ScanArgumentError(
-            f"params: {error} Write a list, or a (start, stop, steps) tuple."
-        ) from None
-    size = math.prod(len(values) for values in domains.values())
-    _check_limits(size, fraction_limit, round_limit)
-    try:
-        space = ParamSpace(
-            dict(params),
-            list(params),
-            random_method=random_method,
-            fraction_limit=fraction_limit,
-            round_limit=round_limit,
-            boolean_limit=boolean_limit,
-            seed=seed,
-        )
-    except ValueError as error:
-        raise ScanArgumentError(f"random_method: {error}") from None
-    rows = [space.param_space[index] for index in space.param_index]
-    combinations = [dict(zip(space.param_keys, row, strict=True)) for row in rows]
-    if not combinations:
-        raise ScanArgumentError(
-            f"boolean_limit: rejects every one of the {size} combinations; nothing would run"
-        )
-    return [{name: _plain(value) for name, value in c.items()} for c in combinations]
-
-
-def _check_limits(size: int, fraction_limit: float | None, round_limit: int | None) -> None:
-    if fraction_limit is not None:
-        if not 0 < fraction_limit <= 1:
-            raise ScanArgumentError(f"fraction_limit: {fraction_limit} is not in (0, 1]")
-        if int(size * fraction_limit) < 1:
-            raise ScanArgumentError(
-                f"fraction_limit: {fraction_limit} of a grid of {size} combinations is no "
-                f"combination at all; the smallest fraction that runs one is {1 / size:.4g} "
-                "(or use round_limit=1)"
-            )
-    if round_limit is not None and int(round_limit) < 1:
-        raise ScanArgumentError(f"round_limit: {round_limit} runs nothing; use at least 1")
-
-
 def _split(
     x: Any, y: Any, x_val: Any, y_val: Any, val_split: float, multi_input: bool, seed: int | None
 ) -> tuple[Any, Any, Any, Any]:
@@ -372,12 +314,6 @@ def _deadline(time_limit: str | None) -> float | None:
         ) from None
 
 
-def _grid_size(params: Mapping[str, Any]) -> int:
-    from talos.parameters.ParamSpace import normalize_domains
-
-    return math.prod(len(values) for values in normalize_domains(dict(params)).values())
-
-
 def _results_table(outcomes: list[Any], param_names: list[str]) -> pd.DataFrame:
     rows = []
     for outcome in outcomes:
@@ -401,11 +337,6 @@ def _results_table(outcomes: list[Any], param_names: list[str]) -> pd.DataFrame:
 
 def _readable(params: Mapping[str, Any]) -> dict[str, Any]:
     return {name: readable_value(value) for name, value in params.items()}
-
-
-def _plain(value: Any) -> Any:
-    # numpy scalars from tuple ranges become Python numbers, as Talos hands them to the model.
-    return value.item() if hasattr(value, "item") and not isinstance(value, type) else value
 
 
 def _iso(timestamp: float | None) -> str | None:
