@@ -139,7 +139,7 @@ def test_predict_rejects_a_digit_outside_the_base_in_one_line(run_output, finish
     )
 
     assert code == 2
-    assert err.startswith("error: cannot encode '12+3' in base b")
+    assert err.startswith("error: expression: '12' in '12+3' is not a base-b number")
     assert err.count("\n") == 1
 
 
@@ -197,3 +197,66 @@ def test_ui_serves_the_sweeps_store_on_loopback(run_output, finished_sweep, tmp_
         server.terminate()
         server.wait(timeout=30)
     assert f"MLflow UI on http://127.0.0.1:{port}/#/experiments/" in log.read_text()
+
+
+def test_predict_in_a_fresh_process_loads_the_custom_layers(run_output, finished_sweep):
+    _, tracking = finished_sweep
+    command = [sys.executable, "-m", "orchestrator.cli.main", "predict", "cli-multibase"]
+    command += ["1011+1", "--base", "b", "--tracking-uri", tracking]
+
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert re.fullmatch(r"1011\+1 in base b -> \d*\n", completed.stdout)
+
+
+def test_results_sorts_by_a_parameter_by_its_plain_name(run_output, finished_sweep, capsys):
+    _, tracking = finished_sweep
+
+    code, out, _ = run_cli(
+        capsys,
+        "results",
+        "cli-multibase",
+        "--tracking-uri",
+        tracking,
+        "--sort",
+        "concatenated_layer_neuron",
+        "--ascending",
+        "--format",
+        "json",
+    )
+
+    widths = [row["concatenated_layer_neuron"] for row in json.loads(out)]
+    assert code == 0
+    assert widths == sorted(widths)
+
+
+def test_read_only_commands_do_not_create_a_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    code, _, err = run_cli(capsys, "results", "anything")
+
+    assert code == 2
+    assert "no MLflow store at" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_count_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["results", "x", "--top", "0"])
+
+    assert caught.value.code == 2
+    assert "is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_ui_on_a_busy_port_says_so_in_one_line(run_output, finished_sweep, capsys):
+    _, tracking = finished_sweep
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        code, _, err = run_cli(capsys, "ui", "--tracking-uri", tracking, "--port", str(port))
+
+    assert code == 2
+    assert err.startswith(f"error: --port {port}: 127.0.0.1:{port} cannot be used")

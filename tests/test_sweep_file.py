@@ -87,6 +87,7 @@ BROKEN = [
     ("- a\n- b\n", ["is a list", "mapping"]),
     (VALID + "colour: red\n", ["colour", "unknown key", "accepted keys", "params"]),
     (VALID.replace("name: tiny\n", ""), ["name", "is required"]),
+    (VALID.replace("model:", "modle:"), ["model: is required", "'modle' a misspelling"]),
     (VALID.replace("[4, 8]", "[]"), ["params", "'units' has an empty list"]),
     (VALID.replace("[4, 8]", "[[4], 8]"), ["params.units", "not a number, string or boolean"]),
     (VALID + "mode: maximise\n", ["mode", "'max' or 'min'", "maximise"]),

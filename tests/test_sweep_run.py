@@ -10,7 +10,7 @@ import pytest
 import tiny_task
 from mlflow import MlflowClient
 
-from orchestrator import load_sweep, run_sweep
+from orchestrator import OrchestratorError, load_sweep, run_sweep
 from orchestrator.tracking import leaderboard, load_best_model, tags
 from orchestrator.tracking.leaderboard import find_sweep_run, trial_runs
 from orchestrator.tracking.store import TrackingStore
@@ -154,3 +154,21 @@ def test_a_function_that_trains_without_fit_reports_its_history(write_sweep, tra
     assert outcome.metrics["val_acc"] == 0.5
     history = MlflowClient(tracking_uri).get_metric_history(outcome.run_id, "val_acc")
     assert [p.value for p in sorted(history, key=lambda p: p.step)] == [0.2, 0.4, 0.5]
+
+
+def test_when_every_trial_fails_the_leaderboard_still_lists_them(write_sweep, tracking_uri):
+    sweep = sweep_file(write_sweep, name="allfail", model="flaky", units="[13]", epochs=1)
+
+    result = run_sweep(sweep, tracking_uri=tracking_uri)
+
+    assert result.count("failed") == 1
+    table = leaderboard(tracking_uri, "allfail")
+    assert list(table["status"]) == ["failed"]
+    assert table.loc[0, "error"] == "RuntimeError: units=13 is not supported by this layer"
+
+
+def test_a_trial_no_node_can_hold_is_refused_before_anything_waits(write_sweep, tracking_uri):
+    sweep = sweep_file(write_sweep, name="huge", cpus=64)
+
+    with pytest.raises(OrchestratorError, match=r"cpus_per_trial: 64, but the largest Ray node"):
+        run_sweep(sweep, tracking_uri=tracking_uri)

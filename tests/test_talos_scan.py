@@ -42,9 +42,8 @@ def combos(frame, names):
     return sorted(tuple(round(float(row[n]), 6) for n in names) for _, row in frame.iterrows())
 
 
-def test_the_same_call_matches_talos_rows_columns_and_samples(tracking_uri, tmp_path, monkeypatch):
+def test_the_same_call_matches_talos_rows_and_columns(tracking_uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Talos writes its run folder here.
-    options = {"fraction_limit": 0.75, "random_method": "sobol", "seed": 3}
     theirs = talos.Scan(
         X,
         Y,
@@ -54,12 +53,11 @@ def test_the_same_call_matches_talos_rows_columns_and_samples(tracking_uri, tmp_
         x_val=X_VAL,
         y_val=Y_VAL,
         disable_progress_bar=True,
-        **options,
     )
 
-    ours = scan(tracking_uri=tracking_uri, **options)
+    ours = scan(tracking_uri=tracking_uri)
 
-    assert len(ours.data) == len(theirs.data) == 3
+    assert len(ours.data) == len(theirs.data) == 4
     assert combos(ours.data, ["units", "lr"]) == combos(theirs.data, ["units", "lr"])
     assert set(ours.data.columns) == set(theirs.data.columns)
     ranked = ours.data.sort_values("val_acc", ascending=False)
@@ -81,8 +79,11 @@ def test_samples_are_reproducible_distinct_and_sized_like_talos(method, fraction
         seed=11,
     )
 
+    theirs = [dict(zip(params, space.param_space[i], strict=True)) for i in space.param_index]
+
     assert ours == again
     assert len(ours) == len(space.param_index) == (36 if fraction else 7)
+    assert ours == theirs
     assert len({tuple(c.values()) for c in ours}) == len(ours)
 
 

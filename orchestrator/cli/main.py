@@ -51,12 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("sweep", help="path to the sweep file (YAML)")
     run.add_argument("--address", help="join this Ray cluster instead of starting one")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
-    run.add_argument("--top", type=int, default=10, help="rows of the leaderboard to print")
+    run.add_argument("--top", type=_positive, default=10, help="leaderboard rows to print")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check a sweep file without running it")
     validate.add_argument("sweep", help="path to the sweep file (YAML)")
-    validate.add_argument("--show", type=int, default=5, help="configurations to list")
+    validate.add_argument("--show", type=_positive, default=5, help="configurations to list")
     validate.set_defaults(handler=_validate)
 
     results = commands.add_parser("results", help="the leaderboard of a sweep, from MLflow")
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     order = results.add_mutually_exclusive_group()
     order.add_argument("--ascending", dest="ascending", action="store_true", default=None)
     order.add_argument("--descending", dest="ascending", action="store_false")
-    results.add_argument("--top", type=int, help="only the best N trials")
+    results.add_argument("--top", type=_positive, help="only the best N trials")
     results.add_argument("--format", choices=("table", "csv", "json"), default="table")
     results.add_argument("--sweep-run", help="a particular execution (default: the latest)")
     results.add_argument("--tracking-uri", help="MLflow tracking URI")
@@ -85,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracking-uri", help="MLflow tracking URI")
     predict.set_defaults(handler=_predict)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _quiet_engines(verbose: bool) -> None:
@@ -123,7 +133,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if result.best is not None:
         best = result.best
-        print(f"best: {best.run_id} {sweep.spec.metric}={best.score(sweep.spec.metric):.4f}")
+        value = best.score(sweep.spec.metric)
+        print(f"best: {best.name} {sweep.spec.metric}={value:.4f} (run {best.run_id})")
     return EXIT_TRIALS_FAILED if failed else EXIT_OK
 
 
@@ -167,11 +178,13 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    uri, experiment = _locate(args.name, args.tracking_uri) if args.name else (None, None)
-    if uri is None:
+    if args.name:
+        uri, experiment = _locate(args.name, args.tracking_uri)
+    else:
         from orchestrator.tracking import resolve_tracking_uri
 
-        uri = resolve_tracking_uri(args.tracking_uri)
+        uri, experiment = resolve_tracking_uri(args.tracking_uri), None
+    _check_port_free(args.host, args.port)
     address = f"http://{args.host}:{args.port}"
     if experiment:
         from orchestrator.tracking import TrackingStore
@@ -188,6 +201,19 @@ def _ui(args: argparse.Namespace) -> int:
     return EXIT_OK  # Not reached: execve does not return.
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OrchestratorError(
+                f"--port {port}: {host}:{port} cannot be used ({error.strerror}); "
+                "choose another with --port"
+            ) from None
+
+
 def _predict(args: argparse.Namespace) -> int:
     uri, experiment = _locate(args.name, args.tracking_uri)
     from orchestrator.tasks.predict import predict_one
@@ -197,15 +223,28 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _locate(name: str, tracking_uri: str | None) -> tuple[str, str]:
-    """The tracking URI and experiment for a sweep given by its name or by its file."""
+    """The tracking URI and experiment for a sweep given by its name or by its file.
+
+    Only reads: an SQLite store that does not exist is reported, not created.
+    """
     from orchestrator.tracking import resolve_tracking_uri
 
     if name.endswith((".yaml", ".yml")) or Path(name).is_file():
         from orchestrator.sweep import load_sweep
 
         spec = load_sweep(name).spec
-        return resolve_tracking_uri(tracking_uri, spec.tracking.uri), spec.experiment_name
-    return resolve_tracking_uri(tracking_uri), name
+        uri, experiment = (
+            resolve_tracking_uri(tracking_uri, spec.tracking.uri),
+            spec.experiment_name,
+        )
+    else:
+        uri, experiment = resolve_tracking_uri(tracking_uri), name
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise OrchestratorError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first, "
+            "or give --tracking-uri"
+        )
+    return uri, experiment
 
 
 def _print_leaderboard(uri: str, experiment: str, top: int, sweep_run_id: str) -> None:

@@ -201,6 +201,7 @@ def execute(
     status = "FAILED"
     try:
         _init_ray(address, verbose)
+        _check_resources(plan)
         _tune(plan, recorder, sweep_run_id, stop)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -228,12 +229,14 @@ class _StopRule:
 
     def observe(self, outcome: Any) -> None:
         metric = self._plan.metric
+        # Checked on a finished trial, not an epoch: a function may add its metric after fit.
         if outcome.status == "finished" and metric not in outcome.metrics:
-            reported = ", ".join(sorted(outcome.metrics))
-            self.missing_metric = (
-                f"metric: no trial reports '{metric}'; the model reports: {reported}"
-            )
-            self.reason = self.missing_metric
+            if self.missing_metric is None:
+                reported = ", ".join(sorted(outcome.metrics))
+                self.missing_metric = (
+                    f"metric: no trial reports '{metric}'; the model reports: {reported}"
+                )
+                self.reason = self.missing_metric
             return
         target = self._plan.target
         value = outcome.score(self._plan.metric)
@@ -320,11 +323,34 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     )
 
 
+def _check_resources(plan: SweepPlan) -> None:
+    """Refuse a trial no node of the cluster could ever hold, instead of waiting for ever."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    if plan.cpus_per_trial > cpus:
+        raise OrchestratorError(
+            f"resources.cpus_per_trial: {plan.cpus_per_trial:g}, but the largest Ray node has "
+            f"{cpus:g} CPUs; ask for at most {cpus:g}"
+        )
+    if plan.gpus_per_trial > gpus:
+        have = f"the largest Ray node has {gpus:g} GPUs" if gpus else "no Ray node has a GPU"
+        raise OrchestratorError(
+            f"resources.gpus_per_trial: {plan.gpus_per_trial:g}, but {have}; "
+            "use 0 to train on CPUs"
+        )
+
+
 def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) -> None:
     from ray import tune
 
     from orchestrator.scheduling.searcher import PlannedSearcher
 
+    # Ctrl-C must reach the sweep, which closes open runs as killed and the sweep's run too;
+    # Tune's own handler would end the sweep as if it had finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     settings = TrialSettings(
         metric=plan.metric, cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial
     )

@@ -42,7 +42,9 @@ def resolve_callable(reference: str, base_dir: Path) -> Callable[..., Any]:
     except AttributeError:
         raise ImportPathError(f"'{module_part}' has no attribute '{attribute}'") from None
     if not callable(target):
-        raise ImportPathError(f"'{reference}' is a {type(target).__name__}, not a function")
+        kind = type(target).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise ImportPathError(f"'{reference}' is {article} {kind}, not a function")
     ship_by_value_if_local(module)
     return target
 

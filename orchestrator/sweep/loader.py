@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -181,7 +182,14 @@ def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
         accepted = ", ".join(section.model_fields) if section else "see the README"
         return field_name, f"unknown key '{location[-1]}'; accepted keys: {accepted}"
     if kind == "missing":
-        return field_name, "is required"
+        unknown = [
+            str(problem["loc"][-1])
+            for problem in problems
+            if problem["type"] == "extra_forbidden" and len(problem["loc"]) == len(location)
+        ]
+        guess = difflib.get_close_matches(location[-1], unknown, n=1)
+        hint = f" (is '{guess[0]}' a misspelling of it?)" if guess else ""
+        return field_name, f"is required{hint}"
     message = first["msg"].removeprefix("Value error, ")
     if "input" in first and kind not in ("value_error", "assertion_error"):
         message += f" (got {first['input']!r})"

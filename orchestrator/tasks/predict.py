@@ -34,7 +34,7 @@ def predict_one(tracking_uri: str, experiment: str, expression: str, base: str) 
     try:
         inputs = task.encode_query(expression, base, **options)
     except ValueError as error:
-        raise OrchestratorError(f"cannot encode '{expression}' in base {base}: {error}") from None
+        raise OrchestratorError(str(error)) from None  # The task's message names the problem.
 
     model = load_best_model(tracking_uri, experiment, sweep_run.info.run_id)
     answer = task.decode_sum(model.predict(inputs, verbose=0))[0]

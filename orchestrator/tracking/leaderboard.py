@@ -98,8 +98,13 @@ def leaderboard(
     if table.empty:
         return table
     known = [column for column in table.columns if column not in _IDENTITY_COLUMNS]
+    if sort not in table.columns and f"param:{sort}" in table.columns:
+        sort = f"param:{sort}"
     if sort not in table.columns:
-        raise TrackingError(f"no trial reported '{sort}'; columns: {', '.join(known)}")
+        if (table["status"] == "finished").any():
+            shown = ", ".join(c.removeprefix("param:") for c in known)
+            raise TrackingError(f"--sort {sort}: no such metric or parameter; columns: {shown}")
+        table[sort] = np.nan  # Nothing finished: rank what there is by status.
 
     values = pd.to_numeric(table[sort], errors="coerce").astype(float)
     table["_status_rank"] = table["status"].map(_STATUS_ORDER).fillna(2)
@@ -135,7 +140,8 @@ def _row(run: Run) -> dict[str, Any]:
 
 def _order_columns(table: pd.DataFrame, sort: str, sweep_run: Run) -> pd.DataFrame:
     params = [c for c in table.columns if c.startswith("param:")]
-    headline = [sort] + [m for m in _HEADLINE_METRICS if m in table.columns and m != sort]
+    headline = [sort] if not sort.startswith("param:") else []
+    headline += [m for m in _HEADLINE_METRICS if m in table.columns and m != sort]
     timing = [c for c in ("epochs_trained", "trial_seconds") if c in table.columns]
     first = ["rank", "trial", "status", *headline, *timing]
     rest = [c for c in table.columns if c not in first and c not in params]
@@ -178,14 +184,16 @@ def load_best_model(tracking_uri: str, experiment: str, sweep_run_id: str | None
 
 
 def _import_task_module(sweep_run: Run) -> None:
-    # Custom layers register themselves when their module is imported; load_model needs them.
-    import importlib
+    # Custom layers register themselves when their module is imported, and load_model needs
+    # them: resolving the model function itself imports its module even when the package
+    # loads it lazily.
+    from orchestrator.errors import ImportPathError
+    from orchestrator.sweep.imports import resolve_callable
 
     for key in (tags.MODEL_REFERENCE, tags.DATA_REFERENCE):
         reference = sweep_run.data.tags.get(key, "")
-        module = reference.rpartition(":")[0]
-        if module and not module.endswith(".py"):
+        if reference and ".py:" not in reference:
             try:
-                importlib.import_module(module)
-            except ImportError:
+                resolve_callable(reference, Path.cwd())
+            except ImportPathError:
                 continue

@@ -54,7 +54,11 @@ class TrackingStore:
         Raises:
             TrackingError: if it does not exist and ``create`` is false.
         """
-        experiment = self.client.get_experiment_by_name(name)
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+        except Exception as error:  # MLflow raises many kinds for an unusable URI.
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise TrackingError(f"tracking URI '{self.uri}' cannot be used: {first}") from error
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)

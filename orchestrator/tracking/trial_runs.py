@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ _NOT_METRICS = {
 }
 #: MLflow keeps tag values up to this length.
 _TAG_LIMIT = 5000
+#: A failed trial's one-line reason is cut to this length (the traceback is kept whole).
+_SUMMARY_LIMIT = 500
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
 @dataclass
@@ -231,11 +235,13 @@ def _describe_error(trial: Trial) -> tuple[str, str]:
         error = None
     cause = getattr(error, "cause", None) or error
     if cause is not None:
-        summary = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        summary = f"{type(cause).__name__}: {cause}"
     else:
-        lines = [line for line in details.strip().splitlines() if line.strip()]
+        # The exception's own line, not the tail of a long message that spans many lines.
+        lines = [line for line in details.splitlines() if _EXCEPTION_LINE.match(line)]
         summary = lines[-1] if lines else "the trial failed without an error message"
-    return summary, details
+    first = summary.strip().splitlines()[0] if summary.strip() else summary
+    return first[:_SUMMARY_LIMIT], details
 
 
 def log_model(store: TrackingStore, outcome: TrialOutcome) -> bool:
