@@ -67,15 +67,9 @@ def parameter_combinations(
             rounds to no combination (with the grid's size and the smallest limit that works).
             Messages name Talos's arguments (``fraction_limit``, ``round_limit``).
     """
-    from talos.parameters.ParamSpace import ParamSpace, normalize_domains
+    from talos.parameters.ParamSpace import ParamSpace
 
-    try:
-        domains = normalize_domains(dict(params))
-    except (TypeError, ValueError) as error:
-        raise SearchSpaceError(
-            f"params: {error} Write a list, or a (start, stop, steps) tuple."
-        ) from None
-    size = math.prod(len(values) for values in domains.values())
+    size = talos_grid_size(params)
     _check_limits(size, fraction_limit, round_limit)
     try:
         space = ParamSpace(
