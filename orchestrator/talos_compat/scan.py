@@ -10,6 +10,7 @@ own ``validation_split``, so the same arguments select the same combinations and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -195,19 +196,15 @@ class Scan:
             record={"search": self.random_method, "front": "orchestrator.Scan"},
             log_every_model=self.save_models,
         )
-        on_trial_end = None
-        progress = None
-        if not disable_progress_bar:
-            progress = SweepProgress(len(combinations), metric, mode)
-            on_trial_end = progress.trial_ended
         if self.print_params:
             for combination in combinations:
                 _logger.info("round parameters: %s", combination)
-        try:
+        with contextlib.ExitStack() as stack:
+            on_trial_end = None
+            if not disable_progress_bar:
+                progress = stack.enter_context(SweepProgress(len(combinations), metric, mode))
+                on_trial_end = progress.trial_ended
             self._result = execute(plan, on_trial_end=on_trial_end, address=address)
-        finally:
-            if progress is not None:
-                progress.__exit__(None, None, None)
         self._outcomes = [o for o in self._result.outcomes if o.status in ("finished", "diverged")]
         self.data = _results_table(self._outcomes, list(self.params))
         self.failed = pd.DataFrame(
