@@ -69,6 +69,7 @@ def test_run_finishes_every_trial_and_prints_the_leaderboard(run_output):
 
     assert code == 0, err
     assert "4 finished, 0 failed" in out
+    assert "same in every trial: lr=0.01, layer_1_text_input_neuron=16" in out
     assert len(trial_order(out)) == 4
     assert "sweep 'cli-multibase': 4 trials" in err
     assert "Traceback" not in err

@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished trials are recorded in MLflow", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `orchestrator results ... | head`: the reader has had enough.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,14 +169,15 @@ def _results(args: argparse.Namespace) -> int:
     from orchestrator.tracking import leaderboard
 
     table = leaderboard(uri, experiment, args.sort, args.ascending, args.sweep_run)
+    if args.format == "table":
+        print(_as_text(table, args.top))
+        return EXIT_OK
     if args.top:
         table = table.head(args.top)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
-    else:
-        print(_as_text(table))
     return EXIT_OK
 
 
@@ -251,17 +255,29 @@ def _print_leaderboard(uri: str, experiment: str, top: int, sweep_run_id: str) -
     from orchestrator.tracking import leaderboard
 
     table = leaderboard(uri, experiment, sweep_run_id=sweep_run_id)
-    print(_as_text(table.head(top)))
+    print(_as_text(table, top))
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[0:0]
     for _, row in failed.iterrows():
         print(f"failed: {row['trial']}: {row.get('error', '')}")
 
 
-def _as_text(table: Any) -> str:
+def _as_text(table: Any, top: int | None = None) -> str:
+    """The leaderboard for a terminal, best ``top`` rows; parameters equal in every trial (of
+    the whole table, not only the rows shown) are listed once below it."""
     if table.empty:
         return "(no trials)"
-    shown = table.drop(columns=[c for c in ("run_id", "error") if c in table.columns])
-    return str(shown.to_string(index=False, float_format=_float, na_rep="-"))
+    fixed = [
+        name
+        for name in table.attrs.get("parameters", [])
+        if name in table and table[name].nunique(dropna=False) == 1 and len(table) > 1
+    ]
+    hidden = [c for c in ("run_id", "error") if c in table.columns] + fixed
+    shown = table.drop(columns=hidden).head(top) if top else table.drop(columns=hidden)
+    text = str(shown.to_string(index=False, float_format=_float, na_rep="-"))
+    if fixed:
+        same = ", ".join(f"{name}={table[name].iloc[0]}" for name in fixed)
+        text += f"\nsame in every trial: {same}"
+    return text
 
 
 def _float(value: float) -> str:

@@ -145,8 +145,14 @@ def _order_columns(table: pd.DataFrame, sort: str, sweep_run: Run) -> pd.DataFra
     timing = [c for c in ("epochs_trained", "trial_seconds") if c in table.columns]
     first = ["rank", "trial", "status", *headline, *timing]
     rest = [c for c in table.columns if c not in first and c not in params]
-    ordered = table[first + params + rest]
-    return ordered.rename(columns={c: c.removeprefix("param:") for c in params})
+    ordered = table[first + params + rest].rename(
+        columns={c: c.removeprefix("param:") for c in params}
+    )
+    for column in ("epochs_trained", "diverged_epoch"):  # Counts, not measurements.
+        if column in ordered:
+            ordered[column] = ordered[column].round().astype("Int64")
+    ordered.attrs["parameters"] = [c.removeprefix("param:") for c in params]
+    return ordered
 
 
 def _parse(value: str) -> Any:
