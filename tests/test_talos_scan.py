@@ -248,3 +248,25 @@ def test_the_reference_multi_input_call_works_unchanged(tracking_uri):
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
     )
     assert len(children) == 2
+
+
+def test_a_seed_makes_the_trained_rounds_repeatable(tracking_uri):
+    params = {"units": [4], "lr": [0.05], "epochs": [1]}
+
+    first = scan(params, tracking_uri, seed=11)
+    second = scan(params, tracking_uri, seed=11)
+
+    assert first.data["val_acc"].tolist() == second.data["val_acc"].tolist()
+    assert first.data["loss"].tolist() == pytest.approx(second.data["loss"].tolist(), rel=1e-5)
+
+
+def test_failed_rounds_are_kept_aside_with_a_warning(tracking_uri):
+    params = {"units": [4, 13], "lr": [0.05], "epochs": [1]}
+
+    with pytest.warns(UserWarning, match="1 of 2 rounds failed"):
+        result = scan(params, tracking_uri, model=tiny_task.flaky)
+
+    assert result.data["units"].tolist() == [4]
+    assert result.failed["error"].tolist() == [
+        "RuntimeError: units=13 is not supported by this layer"
+    ]

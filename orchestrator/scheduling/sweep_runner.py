@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 
 
-class MetricNotReportedError(OrchestratorError):
+class MetricNotReportedError(OrchestratorError, ValueError):
     """The sweep ranks by a metric its model never reports (found after the first trial)."""
 
 
@@ -51,6 +51,7 @@ class SweepPlan:
         record: extra tags for the parent run (what declared the sweep).
         artifacts: text artifacts for the parent run, by path.
         log_every_model: log every trial's model to its run, not only the best one's.
+        seed: seeds every trial's training (with its combination), for repeatable sweeps.
     """
 
     name: str
@@ -72,6 +73,7 @@ class SweepPlan:
     record: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     log_every_model: bool = False
+    seed: int | None = None
 
 
 @dataclass
@@ -154,6 +156,7 @@ def run_sweep(
             "sweep_file": sweep.source,
         },
         artifacts={f"sweep/{Path(sweep.source).name or 'sweep.yaml'}": sweep.text},
+        seed=spec.search.seed,
     )
     return execute(plan, address=address, on_trial_end=on_trial_end, verbose=verbose)
 
@@ -232,7 +235,8 @@ class _StopRule:
         # Checked on a finished trial, not an epoch: a function may add its metric after fit.
         if outcome.status == "finished" and metric not in outcome.metrics:
             if self.missing_metric is None:
-                reported = ", ".join(sorted(outcome.metrics))
+                totals = {"epochs_trained", "train_seconds", "trial_seconds", "diverged_epoch"}
+                reported = ", ".join(sorted(set(outcome.metrics) - totals))
                 self.missing_metric = (
                     f"metric: no trial reports '{metric}'; the model reports: {reported}"
                 )
@@ -343,6 +347,18 @@ def _check_resources(plan: SweepPlan) -> None:
         )
 
 
+def _slots(plan: SweepPlan) -> int:
+    """Trials the cluster holds at once now. Capping suggestions at this keeps Tune from
+    queueing trials ahead, so a stop (target, deadline) lets no queued trial start."""
+    import ray
+
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 1.0) // plan.cpus_per_trial)
+    if plan.gpus_per_trial:
+        slots = min(slots, int(resources.get("GPU", 0.0) // plan.gpus_per_trial))
+    return max(1, slots)
+
+
 def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) -> None:
     from ray import tune
 
@@ -352,7 +368,7 @@ def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) ->
     # Tune's own handler would end the sweep as if it had finished.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     settings = TrialSettings(
-        metric=plan.metric, cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial
+        metric=plan.metric, cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial, seed=plan.seed
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),
@@ -363,7 +379,7 @@ def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) ->
         tune_config=tune.TuneConfig(
             search_alg=PlannedSearcher(plan.combinations, stop),
             num_samples=len(plan.combinations),
-            max_concurrent_trials=plan.max_concurrent_trials,
+            max_concurrent_trials=plan.max_concurrent_trials or _slots(plan),
             reuse_actors=True,  # Workers keep TensorFlow imported from one trial to the next.
         ),
         run_config=tune.RunConfig(

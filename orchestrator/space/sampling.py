@@ -93,6 +93,9 @@ def parameter_combinations(
 
 
 def _check_limits(size: int, fraction_limit: float | None, round_limit: int | None) -> None:
+    for name, limit in (("fraction_limit", fraction_limit), ("round_limit", round_limit)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)):
+            raise SearchSpaceError(f"{name}: {limit!r} is not a number")
     if fraction_limit is not None:
         if not 0 < fraction_limit <= 1:
             raise SearchSpaceError(f"fraction_limit: {fraction_limit} is not in (0, 1]")

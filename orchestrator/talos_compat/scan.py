@@ -117,6 +117,10 @@ class Scan:
             raise ScanArgumentError(
                 "params: must be a non-empty dict of lists or (start, stop, steps)"
             )
+        if not isinstance(experiment_name, str) or not experiment_name:
+            raise ScanArgumentError(f"experiment_name: {experiment_name!r}; give a non-empty str")
+        if seed is not None and not isinstance(seed, int):
+            raise ScanArgumentError(f"seed: {seed!r}; give an int, or None")
         if reduction_method is not None:
             warnings.warn(
                 f"reduction_method={reduction_method!r} is ignored; {_REDUCTION_HELP}",
@@ -195,6 +199,7 @@ class Scan:
             deadline=_deadline(self.time_limit),
             record={"search": self.random_method, "front": "orchestrator.Scan"},
             log_every_model=self.save_models,
+            seed=self.seed,
         )
         if self.print_params:
             for combination in combinations:
@@ -236,6 +241,12 @@ class Scan:
         )
         best = self._result.best
         self.best_params = dict(best.params) if best is not None else None
+        if len(self.failed):
+            warnings.warn(
+                f"{len(self.failed)} of {len(combinations)} rounds failed; "
+                "their parameters and errors are in scan.failed",
+                stacklevel=3,
+            )
 
     def best_model(self, metric: str = "val_acc", asc: bool = False) -> Any:
         """The trained Keras model of the round best by ``metric`` (lowest first if ``asc``).

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.space.grid import config_hash
 from orchestrator.trial.reporting import (
     first_nan_epoch,
     make_epoch_callback,
@@ -36,12 +37,15 @@ class TrialSettings:
         cpus: CPUs Ray gives each trial; TensorFlow's thread pool is sized to it.
         gpus: GPUs (or a fraction of one) Ray gives each trial; 0 hides every GPU.
         save_model: whether to save the returned model in the trial's checkpoint.
+        seed: when given, each trial seeds Python, numpy and TensorFlow from it and its own
+            combination, so re-running a sweep trains the same models.
     """
 
     metric: str
     cpus: float = 1.0
     gpus: float = 0.0
     save_model: bool = True
+    seed: int | None = None
 
 
 def run_trial(
@@ -63,6 +67,9 @@ def run_trial(
     import keras
 
     keras.backend.clear_session()
+    if settings.seed is not None:
+        combination = int(config_hash(config)[:8], 16)
+        keras.utils.set_random_seed((settings.seed + combination) % 2**31)
     x_train, y_train, x_val, y_val = data
     epochs: list[dict[str, float]] = []
 
