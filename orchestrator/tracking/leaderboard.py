@@ -118,7 +118,7 @@ def leaderboard(
     table = table.sort_values(keys, kind="stable", na_position="last")
     table = table.drop(columns=keys[:-1]).reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
-    return _order_columns(table, sort, sweep_run)
+    return _order_columns(table, sort)
 
 
 _IDENTITY_COLUMNS = ("rank", "trial", "status", "run_id", "error")
@@ -138,7 +138,7 @@ def _row(run: Run) -> dict[str, Any]:
     return row
 
 
-def _order_columns(table: pd.DataFrame, sort: str, sweep_run: Run) -> pd.DataFrame:
+def _order_columns(table: pd.DataFrame, sort: str) -> pd.DataFrame:
     params = [c for c in table.columns if c.startswith("param:")]
     headline = [sort] if not sort.startswith("param:") else []
     headline += [m for m in _HEADLINE_METRICS if m in table.columns and m != sort]
