@@ -36,6 +36,14 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def orchestrator_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Journals of undelivered records go under the test's folder, never the user's home."""
+    home = tmp_path / "orchestrator-home"
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -73,3 +73,26 @@ def wrong_signature(x, y, params):
 
 def tanh_score(n: int = 10) -> float:  # Not a model function: used as a bad reference.
     return math.tanh(n)
+
+
+def dies(x_train, y_train, x_val, y_val, params: dict[str, Any]):
+    """Like ``classifier``, but its worker process is killed (as by the OOM killer) for
+    ``units == 13``."""
+    if params.get("units") == 13:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return classifier(x_train, y_train, x_val, y_val, params)
+
+
+def fails_once(x_train, y_train, x_val, y_val, params: dict[str, Any]):
+    """Like ``classifier``, but the first attempt of each combination fails; the file named by
+    ``params["marker"]`` remembers that it has."""
+    from pathlib import Path
+
+    marker = Path(params["marker"]) / f"attempted-{params.get('units')}"
+    if not marker.exists():
+        marker.touch()
+        raise ConnectionError("the shared filesystem went away for a moment")
+    return classifier(x_train, y_train, x_val, y_val, params)

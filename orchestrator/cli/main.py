@@ -55,7 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join this Ray cluster instead of starting one")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the sweep file)")
     run.add_argument("--top", type=_positive, default=10, help="leaderboard rows to print")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train every combination again in a new sweep run (by default a re-run resumes: "
+        "combinations already finished are kept)",
+    )
     run.set_defaults(handler=_run)
+
+    sync = commands.add_parser(
+        "sync", help="send records kept while the tracking server was unreachable"
+    )
+    sync.add_argument("--tracking-uri", help="MLflow tracking URI")
+    sync.set_defaults(handler=_sync)
 
     validate = commands.add_parser("validate", help="check a sweep file without running it")
     validate.add_argument("sweep", help="path to the sweep file (YAML)")
@@ -126,19 +138,46 @@ def _run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             on_trial_end=progress.trial_ended,
             verbose=args.verbose,
+            fresh=args.fresh,
         )
-    _print_leaderboard(result.tracking_uri, result.experiment, args.top, result.sweep_run_id)
-    failed = result.count("failed")
+    if result.earlier or result.closed:
+        print(
+            f"resumed sweep run {result.sweep_run_id}: {result.earlier} of {result.planned} "
+            f"trials were already done and kept; {result.closed} runs left running by a "
+            "stopped sweep were closed as killed (--fresh trains everything again)",
+            file=sys.stderr,
+        )
+    if result.undelivered:
+        print(
+            f"warning: MLflow at {result.tracking_uri} did not answer; {result.undelivered} "
+            f"records of this sweep are kept in {result.journal} and are sent by the next "
+            "`orchestrator run` or `orchestrator sync`",
+            file=sys.stderr,
+        )
+    else:
+        _print_leaderboard(result.tracking_uri, result.experiment, args.top, result.sweep_run_id)
+    failed, diverged = result.count("failed"), result.count("diverged")
     print(
-        f"\n{result.count('finished')} finished, {failed} failed, "
-        f"{result.count('diverged')} diverged in {result.wall_seconds:.0f} s; "
-        f"runs in {result.tracking_uri} (experiment '{result.experiment}')"
+        f"\n{result.count('finished')} finished, {failed} failed, {diverged} diverged "
+        f"in {result.wall_seconds:.0f} s; runs in {result.tracking_uri} "
+        f"(experiment '{result.experiment}')"
     )
     if result.best is not None:
         best = result.best
         value = best.score(sweep.spec.metric)
         print(f"best: {best.name} {sweep.spec.metric}={value:.4f} (run {best.run_id})")
-    return EXIT_TRIALS_FAILED if failed else EXIT_OK
+    return EXIT_TRIALS_FAILED if result.failed or result.undelivered else EXIT_OK
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.delivery import journal_folder, replay_journals
+    from orchestrator.tracking.store import TrackingStore
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    sent, waiting = replay_journals(TrackingStore(uri).client, uri)
+    print(f"{sent} records sent to {uri}; {waiting} journals still wait in {journal_folder()}")
+    return EXIT_TRIALS_FAILED if waiting else EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:

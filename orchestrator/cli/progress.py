@@ -22,7 +22,7 @@ class SweepProgress:
 
     def trial_ended(self, outcome: Any) -> None:
         value = outcome.score(self._metric)
-        if outcome.status == "failed":
+        if outcome.status in ("failed", "diverged"):
             self._failed += 1
         if math.isfinite(value) and (self._best is None or self._better(value, self._best)):
             self._best = value

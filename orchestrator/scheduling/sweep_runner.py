@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.space import grid_size
+from orchestrator.space import config_hash, grid_size
 from orchestrator.space.grid import readable_value
 from orchestrator.sweep import Sweep
 from orchestrator.tracking import tags
@@ -24,6 +24,16 @@ _logger = logging.getLogger(__name__)
 
 #: Environment every trial's worker starts with: quiet TensorFlow, Keras on TensorFlow.
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+#: How long the end of a sweep waits for an unreachable tracking server before leaving its
+#: remaining records in the journal for the next run.
+FLUSH_SECONDS = 30.0
+#: MLflow's own retries of a request, while a sweep runs against a server: few and short, so an
+#: outage blocks the scheduling of trials for seconds, not minutes (the journal keeps the rest).
+_HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
 class MetricNotReportedError(OrchestratorError, ValueError):
@@ -52,6 +62,9 @@ class SweepPlan:
         artifacts: text artifacts for the parent run, by path.
         log_every_model: log every trial's model to its run, not only the best one's.
         seed: seeds every trial's training (with its combination), for repeatable sweeps.
+        resume: continue the latest execution with the same fingerprint (``record``'s
+            ``orchestrator.sweep_fingerprint``): combinations it finished are not trained again.
+        retries: times a failed trial is started again before it is recorded as failed.
     """
 
     name: str
@@ -74,6 +87,8 @@ class SweepPlan:
     artifacts: dict[str, str] = field(default_factory=dict)
     log_every_model: bool = False
     seed: int | None = None
+    resume: bool = False
+    retries: int = 0
 
 
 @dataclass
@@ -88,6 +103,10 @@ class SweepResult:
         best: the best healthy trial, if any finished.
         wall_seconds: the sweep's wall time, Ray's start-up included.
         planned: how many trials were planned; fewer start when a target or deadline stops it.
+        earlier: trials an earlier execution of the sweep had finished (not trained again).
+        closed: trial runs a dead earlier execution left running, now closed as killed.
+        undelivered: writes the tracking store did not take; they wait in ``journal``.
+        journal: the file keeping undelivered writes until the next run or ``sync``.
     """
 
     experiment: str
@@ -99,9 +118,18 @@ class SweepResult:
     best: Any = None
     wall_seconds: float = 0.0
     planned: int = 0
+    earlier: int = 0
+    closed: int = 0
+    undelivered: int = 0
+    journal: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+    @property
+    def failed(self) -> int:
+        """Trials that produced no usable model: failed, or diverged (NaN)."""
+        return self.count("failed") + self.count("diverged")
 
 
 def run_sweep(
@@ -111,16 +139,23 @@ def run_sweep(
     tracking_uri: str | None = None,
     on_trial_end: Callable[[Any], None] | None = None,
     verbose: bool = False,
+    fresh: bool = False,
 ) -> SweepResult:
     """Run every trial of ``sweep`` on Ray Tune and record each in MLflow.
+
+    Running a sweep again continues it: the latest execution with the same fingerprint in the
+    experiment is resumed, its finished (and diverged) combinations are kept and not trained
+    again, and runs left running by a driver that died are closed as killed.
 
     Args:
         sweep: the validated sweep.
         address: an existing Ray cluster to join (``ray://`` or ``host:port``); a local Ray
             instance is started when omitted and none is running in this process already.
         tracking_uri: overrides the sweep file's tracking URI.
-        on_trial_end: called in this process with each trial's outcome as it ends.
+        on_trial_end: called in this process with each trial's outcome as it ends, and first
+            with each trial an earlier execution finished.
         verbose: show the workers' output (the model function's prints) and Ray's logs.
+        fresh: start a new execution that trains every combination, instead of resuming.
 
     Returns:
         The sweep's outcome; failed trials are counted in it, not raised.
@@ -128,6 +163,7 @@ def run_sweep(
     Raises:
         SweepFileError: if the model or data function cannot be used, before anything runs.
         OrchestratorError: if the data function fails.
+        SweepBusyError: if another live process on this machine is running the sweep.
     """
     spec = sweep.spec
     model_fn = sweep.model_function()
@@ -157,6 +193,8 @@ def run_sweep(
         },
         artifacts={f"sweep/{Path(sweep.source).name or 'sweep.yaml'}": sweep.text},
         seed=spec.search.seed,
+        resume=not fresh,
+        retries=spec.retries,
     )
     return execute(plan, address=address, on_trial_end=on_trial_end, verbose=verbose)
 
@@ -168,22 +206,45 @@ def execute(
     on_trial_end: Callable[[Any], None] | None = None,
     verbose: bool = False,
 ) -> SweepResult:
-    """Run a plan's trials on Ray Tune, one child run each under a new parent run."""
+    """Run a plan's trials on Ray Tune, one child run each under the sweep's parent run.
+
+    The parent run is new, or with ``plan.resume`` the latest execution of the same sweep,
+    whose finished combinations are then left out. Writes the store does not take wait in a
+    journal (see :mod:`orchestrator.tracking.delivery`); the result says how many.
+    """
+    from orchestrator.tracking.delivery import RunWriter, journal_label, replay_journals
+    from orchestrator.tracking.resume import outcome_of
+    from orchestrator.tracking.trial_runs import TrialRunRecorder
+
     started = time.perf_counter()
+    if plan.tracking_uri.startswith(("http://", "https://")):
+        for name, value in _HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)
     store = TrackingStore(plan.tracking_uri)
     experiment_id = store.experiment_id(plan.experiment)
-    sweep_run_id = _start_sweep_run(store, experiment_id, plan)
+    sent, waiting = replay_journals(store.client, store.uri)
+    if sent or waiting:
+        _logger.warning("sent %d records kept by earlier sweeps; %d journals wait", sent, waiting)
+
+    earlier = _earlier_execution(store, experiment_id, plan) if plan.resume else None
+    done = earlier.done if earlier else {}
+    todo = [c for c in plan.combinations if config_hash(c) not in done]
     result = SweepResult(
         plan.experiment,
         plan.tracking_uri,
-        sweep_run_id,
+        earlier.run.info.run_id if earlier else "",
         plan.metric,
         plan.mode,
         planned=len(plan.combinations),
+        earlier=len(done),
+        closed=earlier.closed if earlier else 0,
     )
-    _logger.info("sweep '%s': %d trials, tracked in %s", plan.name, result.planned, store.uri)
-
-    from orchestrator.tracking.trial_runs import TrialRunRecorder
+    if earlier is not None:
+        _reopen_sweep_run(store, earlier)
+    else:
+        result.sweep_run_id = _start_sweep_run(store, experiment_id, plan)
+    sweep_run_id = result.sweep_run_id
+    _logger.info("sweep '%s': %d trials to run, tracked in %s", plan.name, len(todo), store.uri)
 
     stop = _StopRule(plan)
 
@@ -192,33 +253,81 @@ def execute(
         if on_trial_end is not None:
             on_trial_end(outcome)
 
+    writer = RunWriter(store.client, store.uri, journal_label(store.uri, sweep_run_id))
+    earlier_outcomes = [outcome_of(run) for run in done.values()]
     recorder = TrialRunRecorder(
-        store,
+        writer,
         experiment_id,
         sweep_run_id,
         plan.name,
         plan.metric,
         trial_ended,
         log_every_model=plan.log_every_model,
+        earlier=earlier_outcomes,
+        first_index=earlier.created if earlier else 0,
     )
+    for outcome in earlier_outcomes:
+        trial_ended(outcome)
+    executions = earlier.executions + 1 if earlier else 1
     status = "FAILED"
     try:
-        _init_ray(address, verbose)
-        _check_resources(plan)
-        _tune(plan, recorder, sweep_run_id, stop)
+        if todo:
+            _init_ray(address, verbose)
+            _check_resources(plan)
+            tune_name = f"{_safe(plan.name)}-{sweep_run_id[:8]}-{executions}"
+            _tune(plan, todo, recorder, tune_name, stop)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         recorder.close_unfinished()
+        if writer.pending and not writer.flush_within(FLUSH_SECONDS):
+            _logger.warning("MLflow at %s still does not answer", store.uri)
+        for outcome in recorder.outcomes.values():
+            outcome.run_id = writer.real_id(outcome.run_id)
         result.outcomes = list(recorder.outcomes.values())
-        result.best = _best(store, result)
+        result.best = _best(store, result, writer.pending == 0)
         result.wall_seconds = time.perf_counter() - started
-        _end_sweep_run(store, result, status, stop.reason, not plan.log_every_model)
+        _end_sweep_run(store, writer, result, status, stop.reason, not plan.log_every_model)
+        result.undelivered = writer.pending
+        result.journal = str(writer.journal.path) if writer.pending else None
     if stop.missing_metric:
         raise MetricNotReportedError(f"{plan.name}: {stop.missing_metric}")
     return result
+
+
+def _earlier_execution(store: TrackingStore, experiment_id: str, plan: SweepPlan) -> Any:
+    """The latest execution of the same sweep, read for resuming; None if there is none."""
+    from orchestrator.tracking.resume import check_not_running, latest_execution, resume
+
+    fingerprint = plan.record.get(tags.SWEEP_FINGERPRINT)
+    if not fingerprint:
+        return None
+    run = latest_execution(store, experiment_id, fingerprint)
+    if run is None:
+        return None
+    check_not_running(run)
+    return resume(store, run)
+
+
+def _reopen_sweep_run(store: TrackingStore, earlier: Any) -> None:
+    from mlflow.entities import RunTag
+
+    from orchestrator.tracking.resume import driver_id
+
+    run = earlier.run
+    run_id = run.info.run_id
+    store.client.update_run(run_id, status="RUNNING")
+    if tags.STOPPED_EARLY in run.data.tags:
+        store.client.delete_tag(run_id, tags.STOPPED_EARLY)
+    store.client.log_batch(
+        run_id,
+        tags=[
+            RunTag(tags.DRIVER, driver_id()),
+            RunTag(tags.EXECUTIONS, str(earlier.executions + 1)),
+        ],
+    )
 
 
 class _StopRule:
@@ -280,7 +389,11 @@ def load_data(data_fn: Callable[..., Any], options: dict[str, Any], source: str)
 def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) -> str:
     from mlflow.entities import Param
 
+    from orchestrator.tracking.resume import driver_id
+
     run_tags = {
+        tags.DRIVER: driver_id(),
+        tags.EXECUTIONS: "1",
         tags.KIND: "sweep",
         tags.SWEEP_NAME: plan.name,
         tags.METRIC: plan.metric,
@@ -359,7 +472,13 @@ def _slots(plan: SweepPlan) -> int:
     return max(1, slots)
 
 
-def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) -> None:
+def _tune(
+    plan: SweepPlan,
+    combinations: list[dict[str, Any]],
+    recorder: Any,
+    name: str,
+    stop: _StopRule,
+) -> None:
     from ray import tune
 
     from orchestrator.scheduling.searcher import PlannedSearcher
@@ -377,29 +496,33 @@ def _tune(plan: SweepPlan, recorder: Any, sweep_run_id: str, stop: _StopRule) ->
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=PlannedSearcher(plan.combinations, stop),
-            num_samples=len(plan.combinations),
+            search_alg=PlannedSearcher(combinations, stop),
+            num_samples=len(combinations),
             max_concurrent_trials=plan.max_concurrent_trials or _slots(plan),
             reuse_actors=True,  # Workers keep TensorFlow imported from one trial to the next.
         ),
         run_config=tune.RunConfig(
-            name=f"{_safe(plan.name)}-{sweep_run_id[:8]}",
+            name=name,
             storage_path=str(Path(plan.storage).resolve()) if plan.storage else None,
             callbacks=[recorder],
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=plan.retries),
         ),
     )
     tuner.fit()
 
 
-def _best(store: TrackingStore, result: SweepResult) -> Any:
-    """The best healthy trial, ranked exactly as the leaderboard ranks it."""
+def _best(store: TrackingStore, result: SweepResult, store_is_complete: bool) -> Any:
+    """The best healthy trial, ranked exactly as the leaderboard ranks it (by the metric alone
+    while the store is missing some of the sweep's records)."""
     from orchestrator.tracking.leaderboard import leaderboard
 
     healthy = {o.run_id: o for o in result.outcomes if math.isfinite(o.score(result.metric))}
     if not healthy:
         return None
+    if not store_is_complete:
+        sign = -1.0 if result.mode == "max" else 1.0
+        return min(healthy.values(), key=lambda o: (sign * o.score(result.metric), o.name))
     table = leaderboard(store.uri, result.experiment, sweep_run_id=result.sweep_run_id)
     ranked = [run_id for run_id in table["run_id"] if run_id in healthy]
     return healthy[ranked[0]] if ranked else None
@@ -407,6 +530,7 @@ def _best(store: TrackingStore, result: SweepResult) -> Any:
 
 def _end_sweep_run(
     store: TrackingStore,
+    writer: Any,
     result: SweepResult,
     status: str,
     stopped_because: str | None,
@@ -416,9 +540,9 @@ def _end_sweep_run(
 
     from orchestrator.tracking.trial_runs import log_model
 
-    client = store.client
     now = int(time.time() * 1000)
-    counts = {name: float(result.count(name)) for name in ("finished", "diverged", "failed")}
+    statuses = ("finished", "diverged", "failed", "killed")
+    counts = {name: float(result.count(name)) for name in statuses}
     metrics = [Metric(f"trials_{name}", value, now, 0) for name, value in counts.items()]
     metrics.append(Metric("wall_seconds", result.wall_seconds, now, 0))
     run_tags = []
@@ -428,12 +552,19 @@ def _end_sweep_run(
     if best is not None:
         metrics.append(Metric(f"best_{result.metric}", best.score(result.metric), now, 0))
         run_tags.append(RunTag(tags.BEST_RUN_ID, best.run_id))
-        if log_best_model:
-            log_model(store, best)
+        if log_best_model and not (best.earlier and _has_model(store, best.run_id)):
+            log_model(writer, best)
         summary = {name: str(readable_value(value)) for name, value in best.params.items()}
-        client.log_dict(result.sweep_run_id, summary, "best_params.json")
-    client.log_batch(result.sweep_run_id, metrics=metrics, tags=run_tags)
-    client.set_terminated(result.sweep_run_id, status)
+        writer.log_dict(result.sweep_run_id, summary, "best_params.json")
+    writer.log_batch(result.sweep_run_id, metrics=metrics, tags=run_tags)
+    writer.set_terminated(result.sweep_run_id, status)
+
+
+def _has_model(store: TrackingStore, run_id: str) -> bool:
+    try:
+        return bool(store.client.list_artifacts(run_id, tags.MODEL_ARTIFACT_DIR))
+    except Exception:  # Unknown is treated as absent: logging the model again is harmless.
+        return False
 
 
 def _safe(name: str) -> str:

@@ -44,8 +44,19 @@ class Sweep:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of what decides the sweep's results (its spec, not its comments)."""
-        canonical = self.spec.model_dump_json(exclude={"description"})
+        """A hash of what decides the sweep's results: the model, the data, the parameters,
+        the search and the metric; not where or how fast it runs (resources, the tracking URI,
+        the storage path, retries) nor its description. Re-running a file edited only in those
+        resumes the same sweep."""
+        canonical = self.spec.model_dump_json(
+            exclude={
+                "description": True,
+                "resources": True,
+                "storage": True,
+                "retries": True,
+                "tracking": {"uri"},
+            }
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property

@@ -87,6 +87,7 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str | None = Field(default=None, min_length=1)
+    retries: int = Field(default=0, ge=0)
 
     @field_validator("data", mode="before")
     @classmethod

@@ -93,8 +93,7 @@ def leaderboard(
             ascending = any(word in sort for word in ("loss", "error", "seconds", "mse", "mae"))
 
     runs = trial_runs(store, sweep_run)
-    rows = [_row(run) for run in runs]
-    table = pd.DataFrame(rows)
+    table = _latest_per_combination(pd.DataFrame([_row(run) for run in runs]))
     if table.empty:
         return table
     known = [column for column in table.columns if column not in _IDENTITY_COLUMNS]
@@ -124,11 +123,32 @@ def leaderboard(
 _IDENTITY_COLUMNS = ("rank", "trial", "status", "run_id", "error")
 
 
+def _latest_per_combination(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per combination: a sweep resumed after a kill has the killed run and the run
+    that trained the combination again; the table shows the one that counts (the best status,
+    then the newest)."""
+    import pandas as pd
+
+    if table.empty:
+        return table
+    ranks = table["status"].map(_STATUS_ORDER).fillna(2)
+    ordered = table.assign(_rank=ranks).sort_values(
+        ["_rank", "_started"], ascending=[True, False], kind="stable"
+    )
+    keyed = ordered[ordered["_combination"].notna()]
+    unkeyed = ordered[ordered["_combination"].isna()]
+    kept = keyed.drop_duplicates("_combination", keep="first")
+    table = pd.concat([kept, unkeyed], ignore_index=True)
+    return table.drop(columns=["_rank", "_started", "_combination"])
+
+
 def _row(run: Run) -> dict[str, Any]:
     row: dict[str, Any] = {
         "trial": run.info.run_name,
         "status": run.data.tags.get(tags.STATUS, run.info.status.lower()),
         "run_id": run.info.run_id,
+        "_started": run.info.start_time or 0,
+        "_combination": run.data.tags.get(tags.CONFIG_HASH),
     }
     row.update(run.data.metrics)
     for name, value in run.data.params.items():

@@ -20,3 +20,7 @@ PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: nests child runs under the
 
 MODEL_ARTIFACT_DIR = "model"
 STOPPED_EARLY = "orchestrator.stopped_early"  # why no further trial started, if so
+DRIVER = "orchestrator.driver"  # host:pid of the process running the sweep, for resuming safely
+EXECUTIONS = "orchestrator.executions"  # how many times the sweep was started (resumes + 1)
+CHECKPOINT = "orchestrator.checkpoint"  # the trial's checkpoint folder, to log its model later
+RETRIES = "orchestrator.retries"  # how often a trial was started again after failing

@@ -18,7 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from orchestrator.space import config_hash
 from orchestrator.space.grid import readable_value
 from orchestrator.tracking import tags
-from orchestrator.tracking.store import TrackingStore
+from orchestrator.tracking.delivery import RunWriter
 from orchestrator.trial.runner import FINAL_RESULT_KEY, MODEL_FILENAME
 
 _logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class TrialOutcome:
     checkpoint_path: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    earlier: bool = False  # finished by an earlier execution of the sweep, not trained now
 
     def score(self, metric: str) -> float:
         value = self.metrics.get(metric, math.nan)
@@ -63,28 +64,39 @@ class TrialRunRecorder(Callback):
     """Creates a child run when a trial starts, logs its epochs as they come, and closes it.
 
     Metrics of one epoch go to MLflow in one batched call. Each trial's run is closed as soon
-    as the trial ends, so a sweep that dies later loses no finished trial.
+    as the trial ends, so a sweep that dies later loses no finished trial. Writes go through a
+    :class:`RunWriter`, which keeps them on disk while the store does not answer.
+
+    Args:
+        earlier: outcomes of trials an earlier execution of the sweep finished; counted and
+            ranked with this execution's.
+        first_index: the number of the first trial run created now (runs are numbered across
+            the sweep's executions).
     """
 
     def __init__(
         self,
-        store: TrackingStore,
+        writer: RunWriter,
         experiment_id: str,
         sweep_run_id: str,
         sweep_name: str,
         metric: str,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
         log_every_model: bool = False,
+        earlier: list[TrialOutcome] | None = None,
+        first_index: int = 0,
     ) -> None:
-        self._store = store
-        self._client = store.client
+        self._writer = writer
         self._experiment_id = experiment_id
         self._sweep_run_id = sweep_run_id
         self._sweep_name = sweep_name
         self._metric = metric
         self._on_trial_end = on_trial_end
         self._log_every_model = log_every_model
-        self.outcomes: dict[str, TrialOutcome] = {}
+        self._next_index = first_index
+        self.outcomes: dict[str, TrialOutcome] = {
+            f"earlier:{outcome.run_id}": outcome for outcome in earlier or []
+        }
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -96,8 +108,9 @@ class TrialRunRecorder(Callback):
         params = dict(trial.config)
         # Numbered in start order, which follows the plan unless actors start out of turn.
         prefix = str(readable_value(params.get("architecture", "trial")))
-        name = f"{prefix}-{len(self.outcomes):04d}"
-        run = self._client.create_run(
+        name = f"{prefix}-{self._next_index:04d}"
+        self._next_index += 1
+        run_id = self._writer.create_run(
             self._experiment_id,
             run_name=name,
             tags={
@@ -110,8 +123,7 @@ class TrialRunRecorder(Callback):
                 tags.STATUS: "running",
             },
         )
-        run_id = run.info.run_id
-        self._client.log_batch(
+        self._writer.log_batch(
             run_id,
             params=[Param(name, str(readable_value(value))) for name, value in params.items()],
         )
@@ -146,26 +158,26 @@ class TrialRunRecorder(Callback):
         final["trial_seconds"] = float(result.get("time_total_s", math.nan))
         # The last epoch is logged already; only totals and late additions are new.
         logged = outcome.metrics
-        new = {name: value for name, value in final.items() if logged.get(name) != value}
+        new = {name: value for name, value in final.items() if not _same(logged.get(name), value)}
         self._log_metrics(outcome.run_id, new, int(final.get("epochs_trained", 0)))
         outcome.metrics = final
-        diverged = "diverged_epoch" in outcome.metrics or not math.isfinite(
-            outcome.metrics.get(self._metric, 0.0)
-        )
-        outcome.status = "diverged" if diverged else "finished"
+        run_tags = {
+            tags.HOSTNAME: str(result.get("hostname", "")),
+            tags.NODE_IP: str(result.get("node_ip", "")),
+        }
+        outcome.error = _divergence(outcome.metrics, self._metric)
+        outcome.status = "diverged" if outcome.error else "finished"
+        run_tags[tags.STATUS] = outcome.status
+        if outcome.error:
+            run_tags[tags.ERROR] = outcome.error
         if trial.checkpoint is not None:
             outcome.checkpoint_path = trial.checkpoint.path
+            run_tags[tags.CHECKPOINT] = trial.checkpoint.path
             if self._log_every_model:
-                log_model(self._store, outcome)
-        self._set_tags(
-            outcome.run_id,
-            {
-                tags.STATUS: outcome.status,
-                tags.HOSTNAME: str(result.get("hostname", "")),
-                tags.NODE_IP: str(result.get("node_ip", "")),
-            },
-        )
-        self._client.set_terminated(outcome.run_id, "FINISHED")
+                log_model(self._writer, outcome)
+        self._set_tags(outcome.run_id, run_tags)
+        # A diverged trial ran to its end but produced no usable model: MLflow shows it failed.
+        self._writer.set_terminated(outcome.run_id, "FAILED" if outcome.error else "FINISHED")
         self._finish(outcome)
 
     def on_trial_error(
@@ -178,9 +190,23 @@ class TrialRunRecorder(Callback):
         outcome.status, outcome.error = "failed", summary
         self._set_tags(outcome.run_id, {tags.STATUS: "failed", tags.ERROR: summary[:_TAG_LIMIT]})
         if details:
-            self._client.log_text(outcome.run_id, details, "error.txt")
-        self._client.set_terminated(outcome.run_id, "FAILED")
+            self._writer.log_text(outcome.run_id, details, "error.txt")
+        self._writer.set_terminated(outcome.run_id, "FAILED")
         self._finish(outcome)
+
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """A failed trial is started again (``retries``): its run stays open, the error noted."""
+        outcome = self.outcomes.get(trial.trial_id)
+        if outcome is None:
+            return
+        summary, details = _describe_error(trial)
+        attempt = trial.run_metadata.num_failures
+        _logger.warning("trial %s failed (%s); starting it again", outcome.name, summary)
+        self._set_tags(outcome.run_id, {tags.RETRIES: str(attempt)})
+        if details:
+            self._writer.log_text(outcome.run_id, details, f"error-attempt-{attempt}.txt")
 
     def close_unfinished(self, status: str = "KILLED") -> None:
         """Close the runs of trials that had not ended (the sweep was interrupted)."""
@@ -188,7 +214,7 @@ class TrialRunRecorder(Callback):
             if outcome.status == "running":
                 outcome.status = "killed"
                 self._set_tags(outcome.run_id, {tags.STATUS: "killed"})
-                self._client.set_terminated(outcome.run_id, status)
+                self._writer.set_terminated(outcome.run_id, status)
 
     def _finish(self, outcome: TrialOutcome) -> None:
         outcome.ended_at = time.time()
@@ -201,12 +227,12 @@ class TrialRunRecorder(Callback):
         now = int(time.time() * 1000)
         batch = [Metric(name, value, now, step) for name, value in metrics.items()]
         if batch:
-            self._client.log_batch(run_id, metrics=batch)
+            self._writer.log_batch(run_id, metrics=batch)
 
     def _set_tags(self, run_id: str, values: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._client.log_batch(run_id, tags=[RunTag(key, value) for key, value in values.items()])
+        self._writer.log_batch(run_id, tags=[RunTag(key, value) for key, value in values.items()])
 
 
 def _model_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -217,6 +243,40 @@ def _model_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, int | float):
             metrics[name] = float(value)
     return metrics
+
+
+def _same(logged: float | None, value: float) -> bool:
+    if logged is None:
+        return False
+    return logged == value or (math.isnan(logged) and math.isnan(value))
+
+
+def _divergence(metrics: Mapping[str, float], metric: str) -> str | None:
+    """Why a trial that ran to its end is unusable (its loss or its metric is NaN), if so."""
+    if "diverged_epoch" in metrics:
+        return f"the loss became NaN or infinite at epoch {int(metrics['diverged_epoch'])}"
+    value = metrics.get(metric)
+    if value is not None and not math.isfinite(value):
+        return f"{metric} is {value}"
+    return None
+
+
+#: Ray's exceptions for a worker process that died, and what they mean to the user.
+_WORKER_DIED = {
+    "OutOfMemoryError": "the trial's worker ran out of memory and was killed",
+    "ActorDiedError": "the trial's worker process died (killed, or out of memory)",
+    "RayActorError": "the trial's worker process died (killed, or out of memory)",
+    "WorkerCrashedError": "the trial's worker process crashed",
+    "NodeDiedError": "the node running the trial died",
+}
+
+
+_DEATH_PHRASES = {
+    "running low on memory": _WORKER_DIED["OutOfMemoryError"],
+    "The actor died": _WORKER_DIED["ActorDiedError"],
+    "The actor is dead": _WORKER_DIED["ActorDiedError"],
+    "worker died or was killed": _WORKER_DIED["WorkerCrashedError"],
+}
 
 
 def _describe_error(trial: Trial) -> tuple[str, str]:
@@ -234,7 +294,13 @@ def _describe_error(trial: Trial) -> tuple[str, str]:
     except Exception:  # An error that cannot be unpickled still has its text file.
         error = None
     cause = getattr(error, "cause", None) or error
-    if cause is not None:
+    died = _WORKER_DIED.get(type(cause).__name__) if cause is not None else None
+    if died is None and cause is None:
+        # Tune's text of a dead worker's error is Ray's message without the exception's name.
+        died = next((text for phrase, text in _DEATH_PHRASES.items() if phrase in details), None)
+    if died is not None:
+        summary = died
+    elif cause is not None:
         summary = f"{type(cause).__name__}: {cause}"
     else:
         # The exception's own line, not the tail of a long message that spans many lines.
@@ -244,11 +310,11 @@ def _describe_error(trial: Trial) -> tuple[str, str]:
     return first[:_SUMMARY_LIMIT], details
 
 
-def log_model(store: TrackingStore, outcome: TrialOutcome) -> bool:
+def log_model(writer: RunWriter, outcome: TrialOutcome) -> bool:
     """Copy the trial's saved Keras model onto its MLflow run; False if it saved none."""
     model_file = Path(outcome.checkpoint_path or "") / MODEL_FILENAME
     if not outcome.checkpoint_path or not model_file.is_file():
-        _logger.warning("trial %s saved no model; nothing to log", outcome.name)
+        _logger.warning("trial %s left no saved model here; nothing to log", outcome.name)
         return False
-    store.client.log_artifact(outcome.run_id, str(model_file), tags.MODEL_ARTIFACT_DIR)
+    writer.log_artifact(outcome.run_id, str(model_file), tags.MODEL_ARTIFACT_DIR)
     return True

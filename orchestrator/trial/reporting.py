@@ -58,8 +58,8 @@ def make_epoch_callback(on_epoch: Callable[[dict[str, float]], None]) -> Any:
 
 
 @contextlib.contextmanager
-def reporting_fit(callback: Any) -> Iterator[None]:
-    """While active, every ``keras.Model.fit`` call also runs ``callback``, last in its list.
+def reporting_fit(*callbacks: Any) -> Iterator[None]:
+    """While active, every ``keras.Model.fit`` call also runs ``callbacks``, last in its list.
 
     Talos-style model functions call ``fit`` themselves; hooking it is what lets a sweep see
     every epoch (for live progress, and for schedulers that stop poor trials early) without the
@@ -73,8 +73,8 @@ def reporting_fit(callback: Any) -> Iterator[None]:
 
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(self, *args, **kwargs)
-        callbacks = list(bound.arguments.get("callbacks") or [])
-        bound.arguments["callbacks"] = [*callbacks, callback]
+        user_callbacks = list(bound.arguments.get("callbacks") or [])
+        bound.arguments["callbacks"] = [*user_callbacks, *callbacks]
         return original(*bound.args, **bound.kwargs)
 
     keras.Model.fit = fit

@@ -79,7 +79,8 @@ def run_trial(
         tune.report({**metrics, "epoch": len(epochs)})
 
     started = time.perf_counter()
-    with reporting_fit(make_epoch_callback(report_epoch)):
+    # A loss that became NaN stays NaN: stopping at once saves the rest of the trial's time.
+    with reporting_fit(keras.callbacks.TerminateOnNaN(), make_epoch_callback(report_epoch)):
         history, model = model_fn(x_train, y_train, x_val, y_val, dict(config))
     train_seconds = time.perf_counter() - started
 

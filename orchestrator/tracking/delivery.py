@@ -1,0 +1,343 @@
+"""Delivering a sweep's writes to MLflow, also while the tracking server is unreachable.
+
+A sweep runs for hours; a tracking server restarted in the middle of it must not cost the
+trials that finished meanwhile. :class:`RunWriter` sends each write at once while the store
+answers. When it does not, the write and every later one go, in order, to a journal on disk,
+and the writer tries the store again every few seconds; once it answers, the journal is sent
+and writing goes on as before. A journal still holding writes when the sweep ends stays on
+disk, and the next ``orchestrator run`` or ``orchestrator sync`` against the same store sends it.
+
+Runs created while the store is away get a local id, replaced by MLflow's own when the
+creation is delivered; every later write to that run is sent under the real id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+_logger = logging.getLogger(__name__)
+
+#: Seconds between attempts to reach a store that did not answer.
+RETRY_SECONDS = 5.0
+#: Prefix of the ids given to runs created while the store was unreachable.
+_LOCAL_ID = "pending-"
+#: MLflow's error codes for a store that could not be reached or could not answer now.
+_TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def journal_folder() -> Path:
+    """Where undelivered writes wait: ``$ORCHESTRATOR_HOME/pending`` (``~/.orchestrator``)."""
+    home = os.environ.get("ORCHESTRATOR_HOME") or Path.home() / ".orchestrator"
+    return Path(home).expanduser() / "pending"
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the store could not be reached now, rather than refusing a write.
+
+    A refused write (an invalid value, a run that does not exist) would be refused again, so
+    only connection failures, timeouts and MLflow's transient codes count.
+    """
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, RestException):
+        return error.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+    if isinstance(error, MlflowException):
+        return error.error_code in _TRANSIENT_CODES
+    return False
+
+
+class RunWriter:
+    """The sweep's writes to MLflow, sent at once or kept in a journal until the store is back.
+
+    Args:
+        client: the MLflow client of the store.
+        uri: the store's URI, recorded in the journal so it is only ever sent there.
+        label: names the journal file (the sweep's run id, say).
+        folder: where the journal is kept; :func:`journal_folder` by default.
+    """
+
+    def __init__(
+        self, client: MlflowClient, uri: str, label: str, folder: Path | None = None
+    ) -> None:
+        self._client = client
+        self.uri = uri
+        self.journal = Journal((folder or journal_folder()) / f"{_safe(label)}.jsonl", uri)
+        self._retry_at = 0.0
+        self._warned = False
+
+    @property
+    def pending(self) -> int:
+        """Writes not delivered yet."""
+        return self.journal.pending
+
+    def real_id(self, run_id: str) -> str:
+        """MLflow's id for ``run_id``, which may be a local id given while the store was away."""
+        return self.journal.run_ids.get(run_id, run_id)
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run; its id is MLflow's, or a local one while the store is away."""
+        arguments = {"experiment_id": experiment_id, "run_name": run_name, "tags": tags}
+        if self._can_send():
+            try:
+                return str(_send(self._client, "create_run", arguments, self.journal.run_ids))
+            except Exception as error:
+                if not is_unreachable(error):
+                    raise
+                self._went_away(error)
+        local_id = f"{_LOCAL_ID}{uuid.uuid4().hex}"
+        self.journal.append("create_run", {**arguments, "local_id": local_id})
+        return local_id
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[Metric] = (),
+        params: Iterable[Param] = (),
+        tags: Iterable[RunTag] = (),
+    ) -> None:
+        self._write(
+            "log_batch",
+            {
+                "run_id": run_id,
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics],
+                "params": [[p.key, p.value] for p in params],
+                "tags": [[t.key, t.value] for t in tags],
+            },
+        )
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._write("log_text", {"run_id": run_id, "text": text, "artifact_file": artifact_file})
+
+    def log_dict(self, run_id: str, dictionary: dict[str, Any], artifact_file: str) -> None:
+        self.log_text(run_id, json.dumps(dictionary, indent=2), artifact_file)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        """Log a file; a journalled one must still exist when the journal is sent."""
+        self._write(
+            "log_artifact",
+            {"run_id": run_id, "local_path": local_path, "artifact_path": artifact_path},
+        )
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self._write("set_terminated", {"run_id": run_id, "status": status})
+
+    def flush(self) -> bool:
+        """Send what the journal holds; True when nothing is left to send."""
+        if not self.journal.pending:
+            return True
+        try:
+            self.journal.replay(self._client)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._went_away(error)
+            return False
+        self._retry_at = 0.0
+        _logger.warning("MLflow at %s answers again; the journalled writes were sent", self.uri)
+        self._warned = False
+        return True
+
+    def flush_within(self, seconds: float) -> bool:
+        """Keep trying to send the journal for up to ``seconds``; True once it is empty."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._retry_at = 0.0
+            if self.flush():
+                return True
+            if time.monotonic() + RETRY_SECONDS > deadline:
+                return False
+            time.sleep(RETRY_SECONDS)
+
+    def _write(self, operation: str, arguments: dict[str, Any]) -> None:
+        if self._can_send():
+            try:
+                _send(self._client, operation, arguments, self.journal.run_ids)
+                return
+            except Exception as error:
+                if not is_unreachable(error):
+                    raise
+                self._went_away(error)
+        self.journal.append(operation, arguments)
+
+    def _can_send(self) -> bool:
+        """True when nothing waits in the journal, or the journal could just be sent."""
+        if not self.journal.pending:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        return self.flush()
+
+    def _went_away(self, error: BaseException) -> None:
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        if not self._warned:
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            _logger.warning(
+                "MLflow at %s does not answer (%s); keeping the sweep's records in %s "
+                "and sending them when it is back",
+                self.uri,
+                first,
+                self.journal.path,
+            )
+            self._warned = True
+
+
+class Journal:
+    """An append-only file of writes and of which of them were delivered.
+
+    Each line is JSON: ``{"seq": n, "op": ..., "args": {...}}`` for a write, ``{"ack": n}`` once
+    it is delivered (with ``"run_id"`` for a created run). Appending an acknowledgement after
+    each delivery means a sweep killed while sending its journal sends nothing twice.
+    """
+
+    def __init__(self, path: Path, uri: str) -> None:
+        self.path = path
+        self.uri = uri
+        self._operations: list[tuple[int, str, dict[str, Any]]] = []
+        #: MLflow's ids of the runs created from the journal, by their local ids.
+        self.run_ids: dict[str, str] = {}
+        self._next = 0
+        if path.is_file():
+            self._load()
+
+    @property
+    def pending(self) -> int:
+        return len(self._operations)
+
+    def append(self, operation: str, arguments: dict[str, Any]) -> None:
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_line({"uri": self.uri, "created": time.time()})
+        self._write_line({"seq": self._next, "op": operation, "args": arguments})
+        self._operations.append((self._next, operation, arguments))
+        self._next += 1
+
+    def replay(self, client: MlflowClient) -> int:
+        """Send the pending writes in order; returns how many were sent.
+
+        Raises:
+            Exception: the first error of the store; what was sent before it stays sent.
+        """
+        sent = 0
+        while self._operations:
+            seq, operation, arguments = self._operations[0]
+            result = _send(client, operation, arguments, self.run_ids)
+            acknowledgement: dict[str, Any] = {"ack": seq}
+            if operation == "create_run":
+                self.run_ids[arguments["local_id"]] = str(result)
+                acknowledgement["run_id"] = str(result)
+            self._write_line(acknowledgement)
+            self._operations.pop(0)
+            sent += 1
+        self.path.unlink(missing_ok=True)
+        return sent
+
+    def _load(self) -> None:
+        operations: dict[int, tuple[int, str, dict[str, Any]]] = {}
+        local_ids: dict[int, str] = {}
+        for record in _read_lines(self.path):
+            if "seq" in record:
+                seq = int(record["seq"])
+                operations[seq] = (seq, record["op"], record["args"])
+                if record["op"] == "create_run":
+                    local_ids[seq] = record["args"]["local_id"]
+                self._next = max(self._next, seq + 1)
+            elif "ack" in record:
+                seq = int(record["ack"])
+                operations.pop(seq, None)
+                if "run_id" in record and seq in local_ids:
+                    self.run_ids[local_ids[seq]] = record["run_id"]
+        self._operations = [operations[seq] for seq in sorted(operations)]
+
+    def _write_line(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def replay_journals(client: MlflowClient, uri: str, folder: Path | None = None) -> tuple[int, int]:
+    """Send every journal kept for ``uri``; returns (writes sent, journals still waiting)."""
+    sent = waiting = 0
+    for path in sorted((folder or journal_folder()).glob("*.jsonl")):
+        header = next(_read_lines(path), {})
+        if header.get("uri") != uri:
+            continue
+        journal = Journal(path, uri)
+        try:
+            sent += journal.replay(client)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            waiting += 1
+    return sent, waiting
+
+
+def journal_label(uri: str, run_id: str) -> str:
+    """A journal name unique to one sweep run of one store."""
+    return f"{hashlib.sha256(uri.encode()).hexdigest()[:8]}-{run_id}"
+
+
+def _send(
+    client: MlflowClient, operation: str, arguments: dict[str, Any], run_ids: dict[str, str]
+) -> Any:
+    from mlflow.entities import Metric, Param, RunTag
+
+    def real(run_id: str) -> str:
+        return run_ids.get(run_id, run_id)
+
+    if operation == "create_run":
+        tags = {key: real(value) for key, value in arguments["tags"].items()}
+        run = client.create_run(
+            arguments["experiment_id"], run_name=arguments["run_name"], tags=tags
+        )
+        return run.info.run_id
+    run_id = real(arguments["run_id"])
+    if operation == "log_batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), int(t), int(s)) for k, v, t, s in arguments["metrics"]],
+            params=[Param(k, v) for k, v in arguments["params"]],
+            tags=[RunTag(k, real(v)) for k, v in arguments["tags"]],
+        )
+    elif operation == "log_text":
+        client.log_text(run_id, arguments["text"], arguments["artifact_file"])
+    elif operation == "log_artifact":
+        if Path(arguments["local_path"]).exists():
+            client.log_artifact(run_id, arguments["local_path"], arguments["artifact_path"])
+        else:
+            _logger.warning("%s is gone; it cannot be logged", arguments["local_path"])
+    elif operation == "set_terminated":
+        client.set_terminated(run_id, arguments["status"])
+    else:
+        raise ValueError(f"unknown journalled operation {operation!r}")
+    return None
+
+
+def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open() as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:  # A line cut short when the driver was killed.
+                _logger.warning("%s: skipping a line cut short", path)
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
