@@ -168,14 +168,12 @@ def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
     first = problems[0]
     location = tuple(str(part) for part in first["loc"])
     kind = first["type"]
-    if location and location[0] == "params" and len(location) >= 2:
+    if location[:1] == ("params",) and len(location) >= 4 and kind.endswith("_type"):
         # Union members (str, int, ...) each add an error; one line about the value is clearer.
-        field_name = f"params.{location[1]}"
-        if isinstance(first.get("input"), dict | list) or kind.endswith("_type"):
-            return field_name, (
-                f"{first.get('input')!r} is not a number, string or boolean; "
-                "a parameter's values are a list like [0.001, 0.01]"
-            )
+        return f"params.{location[1]}", (
+            f"{first.get('input')!r} is not a number, string or boolean; "
+            "a parameter's values are a list like [0.001, 0.01]"
+        )
     field_name = ".".join(location)
     if kind == "extra_forbidden":
         section = SECTIONS.get(location[:-1])
