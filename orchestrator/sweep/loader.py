@@ -123,7 +123,7 @@ def sweep_from_mapping(
 ) -> Sweep:
     """Validate a sweep given as a mapping (a parsed file, or a dict built in Python)."""
     if not isinstance(document, Mapping):
-        kind = "empty" if document is None else f"a {type(document).__name__}"
+        kind = "empty" if document is None else f"a {_yaml_kind(document)}"
         raise SweepFileError(source, None, f"is {kind}; a sweep file is a mapping of keys")
     try:
         spec = SweepSpec.model_validate(dict(document))
@@ -163,22 +163,74 @@ def _describe_yaml_error(error: yaml.YAMLError) -> str:
     return f"invalid YAML ({problem})"
 
 
+def _yaml_kind(value: Any) -> str:
+    """What a parsed value was written as, in YAML's words rather than Python's."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A parsed value as the file would write it, where Python's spelling differs."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).split("\n")[0]
+    return repr(value)
+
+
+#: What a mapping looks like where the file needs one and the schema has no section for it.
+_MAPPING_EXAMPLES = {
+    ("params",): "a mapping of each parameter to its values, like {units: [4, 8], lr: 0.01}",
+    ("data", "options"): "a mapping of option names to values, like {n_samples: 8000}",
+}
+
+
 def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
     problems = error.errors()
     first = problems[0]
     location = tuple(str(part) for part in first["loc"])
     kind = first["type"]
+    value = first.get("input")
+    if location[-1:] == ("[key]",):
+        # YAML reads `32:`, `on:` or `null:` as a number, boolean or null, not as a name.
+        kind_read = _yaml_kind(value)
+        how = {"number": f" ('{value}')", "boolean": " (YAML reads yes, no, on, off so)"}
+        return ".".join(location[:-2]), (
+            f"the name {_shown(value)} was read as a {kind_read}; names are strings, so "
+            f"quote it{how.get(kind_read, '')}"
+        )
     if location[:1] == ("params",) and len(location) >= 4 and kind.endswith("_type"):
         # Union members (str, int, ...) each add an error; one line about the value is clearer.
         return f"params.{location[1]}", (
-            f"{first.get('input')!r} is not a number, string or boolean; "
+            f"{value!r} is not a number, string or boolean; "
             "a parameter's values are a list like [0.001, 0.01]"
         )
     field_name = ".".join(location)
+    if kind in ("dict_type", "model_type"):
+        section = SECTIONS.get(location)
+        if section is not None:
+            expected = f"a mapping with the keys {', '.join(section.model_fields)}"
+        else:
+            expected = _MAPPING_EXAMPLES.get(location, "a mapping")
+        return field_name, f"must be {expected}; got a {_yaml_kind(value)} {value!r}"
     if kind == "extra_forbidden":
         section = SECTIONS.get(location[:-1])
-        accepted = ", ".join(section.model_fields) if section else "see the README"
-        return field_name, f"unknown key '{location[-1]}'; accepted keys: {accepted}"
+        accepted = list(section.model_fields) if section else []
+        guess = difflib.get_close_matches(location[-1], accepted, n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        return field_name, (
+            f"unknown key '{location[-1]}'{hint}; accepted keys: "
+            f"{', '.join(accepted) or 'see the README'}"
+        )
     if kind == "missing":
         unknown = [
             str(problem["loc"][-1])
@@ -190,7 +242,7 @@ def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
         return field_name, f"is required{hint}"
     message = first["msg"].removeprefix("Value error, ")
     if "input" in first and kind not in ("value_error", "assertion_error"):
-        message += f" (got {first['input']!r})"
+        message += f" (got {_shown(value)})"
     others = {tuple(problem["loc"][:1]) for problem in problems[1:]} - {tuple(first["loc"][:1])}
     if others:
         message += f" (and {len(others)} more field(s) to fix)"
