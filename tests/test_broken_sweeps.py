@@ -76,3 +76,15 @@ def test_run_refuses_before_ray_or_mlflow_start(path, capsys, monkeypatch, tmp_p
     assert ray.is_initialized() == ray_was_running
     # The default MLflow store, sqlite:///mlflow.db, would appear here had tracking started.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_python_tag_is_refused_and_its_command_never_runs(capsys, monkeypatch, tmp_path):
+    path = CORPUS / "yaml_python_tag.yaml"
+    assert "!!python/object/apply:os.system" in path.read_text()
+    monkeypatch.chdir(tmp_path)
+
+    status = main(["validate", str(path)])
+
+    assert status == 2
+    assert "not accepted" in the_one_error_line(capsys.readouterr().err, path)
+    assert not (tmp_path / "sweep_file_code_ran").exists()

@@ -96,7 +96,8 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read, parse and validate a sweep file.
 
     The file is read with YAML's safe loader: nothing in it runs as code except the import paths
-    it names, and those only when :meth:`Sweep.check` or a run imports them.
+    it names, and those only when :meth:`Sweep.check` or a run imports them. A key given twice
+    in one mapping is refused rather than silently overwritten.
 
     Raises:
         SweepFileError: naming the file, the field and what is accepted.
@@ -108,10 +109,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepFileError(source, None, "no such file") from None
     except OSError as error:
         raise SweepFileError(source, None, f"cannot be read ({error.strerror})") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    document = _parse_yaml(text, source)
     return sweep_from_mapping(document, source=source, text=text, base_dir=Path(path).parent)
 
 
@@ -155,9 +153,105 @@ def sweep_from_mapping(
     return sweep
 
 
+class _SweepYamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing with a plain message any tag it has no constructor for."""
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"the tag '{tag}' is not accepted; a sweep file holds only plain values: numbers, "
+        "strings, booleans, lists and mappings",
+        node.start_mark,
+    )
+
+
+# The safe loader's own catch-all for unknown tags; replaced for a message a user can act on.
+_SweepYamlLoader.add_constructor(None, _refuse_tag)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """The file's single document, built by the safe loader (None for an empty file).
+
+    Raises:
+        SweepFileError: for invalid YAML, an unknown tag, or a key given twice in a mapping.
+    """
+    try:
+        # The reader checks every character as it is built: a NUL byte already fails here.
+        loader = _SweepYamlLoader(text)
+    except yaml.YAMLError as error:
+        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node, source: str) -> None:
+    # YAML keeps the last of two equal keys: a second `lr:` would silently replace the first.
+    # Checked on the composed nodes, before anything is built, where each key has its line.
+    pending: list[tuple[yaml.Node, str]] = [(root, "")]
+    visited: set[int] = set()  # An alias may point back at its own mapping.
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending += [(item, f"{path}[{index}]") for index, item in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_line: dict[tuple[str, Any], int] = {}
+        for key_node, value_node in node.value:
+            key = (key_node.tag, key_node.value)
+            name = f"{path}.{key_node.value}" if path else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key in first_line:
+                where = (
+                    f"on line {line}"
+                    if first_line[key] == line
+                    else f"on lines {first_line[key]} and {line}"
+                )
+                raise SweepFileError(
+                    source,
+                    name,
+                    f"given twice ({where}); YAML would keep only the last, so keep one",
+                )
+            if isinstance(key_node, yaml.ScalarNode):
+                first_line[key] = line
+            pending.append((value_node, name))
+
+
 def _describe_yaml_error(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None) or ""
+    context_mark = getattr(error, "context_mark", None)
+    # PyYAML's words for the commonest slips, put in the words of the one who made them.
+    if "'\\t'" in problem:
+        problem = "a tab character; YAML indents with spaces, not tabs"
+    elif problem == "mapping values are not allowed here":
+        problem += "; is this line indented too deep, or does a value hold an unquoted ': '?"
+    elif problem.startswith("expected <block end>"):
+        problem = (
+            "this line is indented unlike the lines above it; the keys of one mapping, "
+            "or the items of one list, start in the same column"
+        )
+    elif context == "while scanning a quoted scalar" and context_mark is not None:
+        problem = (
+            f"the quote opened on line {context_mark.line + 1}, column "
+            f"{context_mark.column + 1} is never closed"
+        )
+    elif context.startswith("expected"):  # "expected a single document in the stream"
+        problem = f"{context}, {problem}"
     if mark is not None:
         return f"line {mark.line + 1}, column {mark.column + 1}: invalid YAML ({problem})"
     return f"invalid YAML ({problem})"
