@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,14 @@ def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
 
 # The safe loader's own catch-all for unknown tags; replaced for a message a user can act on.
 _SweepYamlLoader.add_constructor(None, _refuse_tag)
+
+# YAML 1.1 wants a dot in a float: `lr: [1e-3, 1e-2]` would be two strings, and a learning
+# rate of '1e-3' fails only inside a trial. Read them as numbers, as YAML 1.2 and Python do.
+_SweepYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _parse_yaml(text: str, source: str) -> Any:
