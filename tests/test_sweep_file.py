@@ -71,6 +71,13 @@ def test_a_random_search_draws_distinct_combinations_reproducibly(write_sweep):
     assert len({tuple(c.values()) for c in first}) == 3
 
 
+def test_a_number_in_exponent_notation_is_a_number_not_a_string(write_sweep):
+    # Plain YAML 1.1 reads 1e-3 (no dot) as the string '1e-3'.
+    sweep = load_sweep(write_sweep(VALID.replace("lr: [0.01, 0.1]", "lr: [1e-3, 1E-2, 1.0e-1]")))
+
+    assert sweep.spec.params["lr"] == [0.001, 0.01, 0.1]
+
+
 def test_the_fingerprint_ignores_the_description_but_not_the_values(write_sweep):
     base = load_sweep(write_sweep(VALID)).fingerprint
     described = load_sweep(write_sweep(VALID + "description: hello\n", "b.yaml")).fingerprint

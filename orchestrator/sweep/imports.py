@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -40,7 +41,10 @@ def resolve_callable(reference: str, base_dir: Path) -> Callable[..., Any]:
     try:
         target = getattr(module, attribute)
     except AttributeError:
-        raise ImportPathError(f"'{module_part}' has no attribute '{attribute}'") from None
+        public = [name for name in dir(module) if not name.startswith("_")]
+        guess = difflib.get_close_matches(attribute, public, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        raise ImportPathError(f"'{module_part}' has no attribute '{attribute}'{hint}") from None
     if not callable(target):
         kind = type(target).__name__
         article = "an" if kind[:1].lower() in "aeiou" else "a"
@@ -55,7 +59,7 @@ def check_model_signature(function: Callable[..., Any]) -> None:
         inspect.signature(function).bind(*MODEL_ARGUMENTS)
     except TypeError:
         raise ImportPathError(
-            f"{_name(function)}{inspect.signature(function)} must take "
+            f"{_name(function)}{_plain_signature(function)} must take "
             f"({', '.join(MODEL_ARGUMENTS)}) and return (history, model)"
         ) from None
     except ValueError:  # Builtins without a signature: let the first call tell.
@@ -144,6 +148,13 @@ def ship_by_value_if_local(module: ModuleType) -> None:
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(module)
+
+
+def _plain_signature(function: Callable[..., Any]) -> str:
+    # Annotations (quoted strings under postponed evaluation) only crowd a one-line message.
+    signature = inspect.signature(function)
+    parameters = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=parameters, return_annotation=signature.empty))
 
 
 def _name(function: Callable[..., Any]) -> str:

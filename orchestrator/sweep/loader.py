@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,8 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read, parse and validate a sweep file.
 
     The file is read with YAML's safe loader: nothing in it runs as code except the import paths
-    it names, and those only when :meth:`Sweep.check` or a run imports them.
+    it names, and those only when :meth:`Sweep.check` or a run imports them. A key given twice
+    in one mapping is refused rather than silently overwritten.
 
     Raises:
         SweepFileError: naming the file, the field and what is accepted.
@@ -119,10 +121,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepFileError(source, None, "no such file") from None
     except OSError as error:
         raise SweepFileError(source, None, f"cannot be read ({error.strerror})") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    document = _parse_yaml(text, source)
     return sweep_from_mapping(document, source=source, text=text, base_dir=Path(path).parent)
 
 
@@ -134,7 +133,7 @@ def sweep_from_mapping(
 ) -> Sweep:
     """Validate a sweep given as a mapping (a parsed file, or a dict built in Python)."""
     if not isinstance(document, Mapping):
-        kind = "empty" if document is None else f"a {type(document).__name__}"
+        kind = "empty" if document is None else f"a {_yaml_kind(document)}"
         raise SweepFileError(source, None, f"is {kind}; a sweep file is a mapping of keys")
     try:
         spec = SweepSpec.model_validate(dict(document))
@@ -166,12 +165,147 @@ def sweep_from_mapping(
     return sweep
 
 
+class _SweepYamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing with a plain message any tag it has no constructor for."""
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"the tag '{tag}' is not accepted; a sweep file holds only plain values: numbers, "
+        "strings, booleans, lists and mappings",
+        node.start_mark,
+    )
+
+
+# The safe loader's own catch-all for unknown tags; replaced for a message a user can act on.
+_SweepYamlLoader.add_constructor(None, _refuse_tag)
+
+# YAML 1.1 wants a dot in a float: `lr: [1e-3, 1e-2]` would be two strings, and a learning
+# rate of '1e-3' fails only inside a trial. Read them as numbers, as YAML 1.2 and Python do.
+_SweepYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """The file's single document, built by the safe loader (None for an empty file).
+
+    Raises:
+        SweepFileError: for invalid YAML, an unknown tag, or a key given twice in a mapping.
+    """
+    try:
+        # The reader checks every character as it is built: a NUL byte already fails here.
+        loader = _SweepYamlLoader(text)
+    except yaml.YAMLError as error:
+        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise SweepFileError(source, None, _describe_yaml_error(error)) from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node, source: str) -> None:
+    # YAML keeps the last of two equal keys: a second `lr:` would silently replace the first.
+    # Checked on the composed nodes, before anything is built, where each key has its line.
+    pending: list[tuple[yaml.Node, str]] = [(root, "")]
+    visited: set[int] = set()  # An alias may point back at its own mapping.
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending += [(item, f"{path}[{index}]") for index, item in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_line: dict[tuple[str, Any], int] = {}
+        for key_node, value_node in node.value:
+            key = (key_node.tag, key_node.value)
+            name = f"{path}.{key_node.value}" if path else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key in first_line:
+                where = (
+                    f"on line {line}"
+                    if first_line[key] == line
+                    else f"on lines {first_line[key]} and {line}"
+                )
+                raise SweepFileError(
+                    source,
+                    name,
+                    f"given twice ({where}); YAML would keep only the last, so keep one",
+                )
+            if isinstance(key_node, yaml.ScalarNode):
+                first_line[key] = line
+            pending.append((value_node, name))
+
+
 def _describe_yaml_error(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None) or ""
+    context_mark = getattr(error, "context_mark", None)
+    # PyYAML's words for the commonest slips, put in the words of the one who made them.
+    if "'\\t'" in problem:
+        problem = "a tab character; YAML indents with spaces, not tabs"
+    elif problem == "mapping values are not allowed here":
+        problem += "; is this line indented too deep, or does a value hold an unquoted ': '?"
+    elif problem.startswith("expected <block end>"):
+        problem = (
+            "this line is indented unlike the lines above it; the keys of one mapping, "
+            "or the items of one list, start in the same column"
+        )
+    elif context == "while scanning a quoted scalar" and context_mark is not None:
+        problem = (
+            f"the quote opened on line {context_mark.line + 1}, column "
+            f"{context_mark.column + 1} is never closed"
+        )
+    elif context.startswith("expected"):  # "expected a single document in the stream"
+        problem = f"{context}, {problem}"
     if mark is not None:
         return f"line {mark.line + 1}, column {mark.column + 1}: invalid YAML ({problem})"
     return f"invalid YAML ({problem})"
+
+
+def _yaml_kind(value: Any) -> str:
+    """What a parsed value was written as, in YAML's words rather than Python's."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A parsed value as the file would write it, where Python's spelling differs."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).split("\n")[0]
+    return repr(value)
+
+
+#: What a mapping looks like where the file needs one and the schema has no section for it.
+_MAPPING_EXAMPLES = {
+    ("params",): "a mapping of each parameter to its values, like {units: [4, 8], lr: 0.01}",
+    ("data", "options"): "a mapping of option names to values, like {n_samples: 8000}",
+}
 
 
 def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
@@ -179,19 +313,38 @@ def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
     first = problems[0]
     location = tuple(str(part) for part in first["loc"])
     kind = first["type"]
-    if location and location[0] == "params" and len(location) >= 2:
+    value = first.get("input")
+    if location[-1:] == ("[key]",):
+        # YAML reads `32:`, `on:` or `null:` as a number, boolean or null, not as a name.
+        kind_read = _yaml_kind(value)
+        how = {"number": f" ('{value}')", "boolean": " (YAML reads yes, no, on, off so)"}
+        return ".".join(location[:-2]), (
+            f"the name {_shown(value)} was read as a {kind_read}; names are strings, so "
+            f"quote it{how.get(kind_read, '')}"
+        )
+    if location[:1] == ("params",) and len(location) >= 4 and kind.endswith("_type"):
         # Union members (str, int, ...) each add an error; one line about the value is clearer.
-        field_name = f"params.{location[1]}"
-        if isinstance(first.get("input"), dict | list) or kind.endswith("_type"):
-            return field_name, (
-                f"{first.get('input')!r} is not a number, string or boolean; "
-                "a parameter's values are a list like [0.001, 0.01]"
-            )
+        return f"params.{location[1]}", (
+            f"{value!r} is not a number, string or boolean; "
+            "a parameter's values are a list like [0.001, 0.01]"
+        )
     field_name = ".".join(location)
+    if kind in ("dict_type", "model_type"):
+        section = SECTIONS.get(location)
+        if section is not None:
+            expected = f"a mapping with the keys {', '.join(section.model_fields)}"
+        else:
+            expected = _MAPPING_EXAMPLES.get(location, "a mapping")
+        return field_name, f"must be {expected}; got a {_yaml_kind(value)} {value!r}"
     if kind == "extra_forbidden":
         section = SECTIONS.get(location[:-1])
-        accepted = ", ".join(section.model_fields) if section else "see the README"
-        return field_name, f"unknown key '{location[-1]}'; accepted keys: {accepted}"
+        accepted = list(section.model_fields) if section else []
+        guess = difflib.get_close_matches(location[-1], accepted, n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        return field_name, (
+            f"unknown key '{location[-1]}'{hint}; accepted keys: "
+            f"{', '.join(accepted) or 'see the README'}"
+        )
     if kind == "missing":
         unknown = [
             str(problem["loc"][-1])
@@ -203,7 +356,7 @@ def _describe_validation_error(error: ValidationError) -> tuple[str, str]:
         return field_name, f"is required{hint}"
     message = first["msg"].removeprefix("Value error, ")
     if "input" in first and kind not in ("value_error", "assertion_error"):
-        message += f" (got {first['input']!r})"
+        message += f" (got {_shown(value)})"
     others = {tuple(problem["loc"][:1]) for problem in problems[1:]} - {tuple(first["loc"][:1])}
     if others:
         message += f" (and {len(others)} more field(s) to fix)"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.errors import OrchestratorError
 
@@ -39,7 +46,11 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _sample_needs_a_size(self) -> SearchSpec:
-        if self.method != "grid" and (self.trials is None) == (self.fraction is None):
+        if self.method != "grid" and self.trials is not None and self.fraction is not None:
+            raise ValueError(
+                f"method '{self.method}' takes one of 'trials: N' or 'fraction: F', not both"
+            )
+        if self.method != "grid" and self.trials is None and self.fraction is None:
             raise ValueError(
                 f"method '{self.method}' needs one of 'trials: N' or 'fraction: F' "
                 "(how many combinations to draw)"
@@ -73,6 +84,48 @@ class TrackingSpec(_Strict):
     experiment: str | None = Field(default=None, min_length=1)
 
 
+def _as_values(values: Any) -> Any:
+    """One parameter's values as a list: a list as it is, a range expanded, one value wrapped.
+
+    `lr: 0.01` is read as the single value it obviously means, never silently dropped;
+    `{start: 10, stop: 40, steps: 3}` is Talos's (10, 40, 3) range, here [10, 20, 30].
+    """
+    if isinstance(values, list):
+        return values
+    if not isinstance(values, dict):
+        return [values]
+    if set(values) != {"start", "stop", "steps"}:
+        raise ValueError(
+            "a range is written {start: 10, stop: 40, steps: 3}; got keys "
+            + ", ".join(map(str, values))
+        )
+    return _expand_range(values["start"], values["stop"], values["steps"])
+
+
+def _expand_range(start: Any, stop: Any, steps: Any) -> list[Any]:
+    # Checked here, in the file's terms: Talos's own messages speak of tuples and operands.
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not (is_number(start) and is_number(stop)) or start == stop:
+        raise ValueError(
+            f"a range's start and stop are two different numbers; got start {start!r}, "
+            f"stop {stop!r}"
+        )
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"a range's steps is a whole number of at least 1; got {steps!r}")
+    from orchestrator.space.sampling import expand_range
+
+    try:
+        return expand_range(start, stop, steps)
+    except OrchestratorError as error:
+        raise ValueError(str(error)) from None
+
+
+#: One parameter's values, however the file writes them; a mistake is reported at its name.
+ParameterValues = Annotated[list[Scalar], BeforeValidator(_as_values)]
+
+
 class SweepSpec(_Strict):
     """One sweep: a model function, its data, and the values to try for each parameter."""
 
@@ -80,7 +133,7 @@ class SweepSpec(_Strict):
     description: str = ""
     model: str = Field(min_length=1)
     data: DataSpec
-    params: dict[str, list[Scalar]] = Field(min_length=1)
+    params: dict[str, ParameterValues]
     metric: str = Field(default="val_acc", min_length=1)
     mode: Literal["max", "min"] = "max"
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -104,49 +157,21 @@ class SweepSpec(_Strict):
     def _tracking_shorthand(cls, value: Any) -> Any:
         return {"uri": value} if isinstance(value, str) else value
 
-    @field_validator("params", mode="before")
-    @classmethod
-    def _scalars_and_ranges_are_lists(cls, value: Any) -> Any:
-        # `lr: 0.01` is read as the single value it obviously means, never silently dropped;
-        # `{start: 10, stop: 40, steps: 3}` is Talos's (10, 40, 3) range, here [10, 20, 30].
-        if not isinstance(value, dict):
-            return value
-        return {name: _as_values(name, values) for name, values in value.items()}
-
     @field_validator("params")
     @classmethod
     def _no_empty_lists(cls, value: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+        if not value:
+            raise ValueError("names no parameter; give at least one, like {units: [4, 8]}")
         for name, values in value.items():
             if not values:
                 raise ValueError(f"'{name}' has an empty list; give at least one value")
-            if not isinstance(name, str) or not name:
+            if not name:
                 raise ValueError("parameter names must be non-empty strings")
         return value
 
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
-
-
-_RANGE_KEYS = {"start", "stop", "steps"}
-
-
-def _as_values(name: str, values: Any) -> Any:
-    if isinstance(values, list):
-        return values
-    if isinstance(values, dict) and set(values) == _RANGE_KEYS:
-        from orchestrator.space.sampling import expand_range
-
-        try:
-            return expand_range(values["start"], values["stop"], values["steps"])
-        except OrchestratorError as error:
-            raise ValueError(f"'{name}': {error}") from None
-    if isinstance(values, dict):
-        raise ValueError(
-            f"'{name}': a range is written {{start: 10, stop: 40, steps: 3}}; got keys "
-            f"{', '.join(map(str, values))}"
-        )
-    return [values]
 
 
 #: For "unknown key" messages: the keys accepted at each place of the file.
