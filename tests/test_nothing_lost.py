@@ -236,6 +236,13 @@ def running(pids: set[int]) -> set[int]:
     return alive
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 class Driver:
     """``orchestrator run`` in a child process, stopped by a signal when a condition holds."""
 
@@ -285,10 +292,11 @@ class Driver:
     @staticmethod
     def wait_gone(pids: set[int]) -> None:
         """Ray's processes for a killed driver must stop with it, not linger."""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # Workers notice their raylet is gone within seconds.
         while running(pids) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not running(pids), f"left running after the driver died: {running(pids)}"
+        left = {pid: command_line(pid) for pid in running(pids)}
+        assert not left, f"left running after the driver died: {left}"
 
 
 def finished(runs: list) -> int:
