@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -126,15 +124,13 @@ def test_a_failed_trial_is_started_again_as_often_as_retries_allows(tmp_path, tr
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_the_command_says_how_many_trials_failed_and_exits_1(tmp_path, tracking_uri):
+def test_the_command_says_how_many_trials_failed_and_exits_1(tmp_path, tracking_uri, capsys):
     # Case C05 through the command line: summary and exit status.
     path = write(tmp_path, "flaky", model="flaky", units="[4, 13, 8]", epochs=1)
-    output, errors = io.StringIO(), io.StringIO()  # Picklable, as Tune's callbacks must be.
 
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
-        code = main(["run", str(path), "--tracking-uri", tracking_uri])
+    code = main(["run", str(path), "--tracking-uri", tracking_uri])
 
-    out = output.getvalue()
+    out = capsys.readouterr().out
     assert code == 1
     assert "2 finished, 1 failed, 0 diverged" in out
     assert "failed: trial-" in out

@@ -27,12 +27,15 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 #: How long the end of a sweep waits for an unreachable tracking server before leaving its
 #: remaining records in the journal for the next run.
 FLUSH_SECONDS = 30.0
-#: MLflow's own retries of a request, while a sweep runs against a server: few and short, so an
-#: outage blocks the scheduling of trials for seconds, not minutes (the journal keeps the rest).
-_HTTP_RETRY_DEFAULTS = {
+#: MLflow client settings while a sweep runs against a server (the user's own values win).
+#: Retries are few and short, so an outage holds up the scheduling of trials for seconds, not
+#: minutes (the journal keeps what the server did not take); and MLflow does not print a link
+#: on the terminal for every run it closes.
+_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
@@ -218,7 +221,7 @@ def execute(
 
     started = time.perf_counter()
     if plan.tracking_uri.startswith(("http://", "https://")):
-        for name, value in _HTTP_RETRY_DEFAULTS.items():
+        for name, value in _HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
     store = TrackingStore(plan.tracking_uri)
     experiment_id = store.experiment_id(plan.experiment)
@@ -503,7 +506,7 @@ def _tune(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(Path(plan.storage).resolve()) if plan.storage else None,
+            storage_path=_storage_path(plan.storage),
             callbacks=[recorder],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=plan.retries),
@@ -558,6 +561,14 @@ def _end_sweep_run(
         writer.log_dict(result.sweep_run_id, summary, "best_params.json")
     writer.log_batch(result.sweep_run_id, metrics=metrics, tags=run_tags)
     writer.set_terminated(result.sweep_run_id, status)
+
+
+def _storage_path(storage: str | None) -> str | None:
+    """Where Tune keeps the trials' checkpoints: an object store URI (``s3://``, ``gs://``) as
+    given, a folder made absolute (on a cluster, one every node mounts)."""
+    if not storage:
+        return None
+    return storage if "://" in storage else str(Path(storage).resolve())
 
 
 def _has_model(store: TrackingStore, run_id: str) -> bool:

@@ -54,6 +54,7 @@ class TrialOutcome:
     started_at: float | None = None
     ended_at: float | None = None
     earlier: bool = False  # finished by an earlier execution of the sweep, not trained now
+    checkpoint: Any = field(default=None, repr=False)  # Tune's Checkpoint, where it is stored
 
     def score(self, metric: str) -> float:
         value = self.metrics.get(metric, math.nan)
@@ -97,6 +98,11 @@ class TrialRunRecorder(Callback):
         self.outcomes: dict[str, TrialOutcome] = {
             f"earlier:{outcome.run_id}": outcome for outcome in earlier or []
         }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment's state, for a restore we never do;
+        # the caller's function (a progress bar, a closure) need not be picklable.
+        return {**self.__dict__, "_on_trial_end": None}
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -171,7 +177,7 @@ class TrialRunRecorder(Callback):
         if outcome.error:
             run_tags[tags.ERROR] = outcome.error
         if trial.checkpoint is not None:
-            outcome.checkpoint_path = trial.checkpoint.path
+            outcome.checkpoint, outcome.checkpoint_path = trial.checkpoint, trial.checkpoint.path
             run_tags[tags.CHECKPOINT] = trial.checkpoint.path
             if self._log_every_model:
                 log_model(self._writer, outcome)
@@ -313,6 +319,9 @@ def _describe_error(trial: Trial) -> tuple[str, str]:
 def log_model(writer: RunWriter, outcome: TrialOutcome) -> bool:
     """Copy the trial's saved Keras model onto its MLflow run; False if it saved none."""
     model_file = Path(outcome.checkpoint_path or "") / MODEL_FILENAME
+    if outcome.checkpoint is not None and not model_file.is_file():
+        # Checkpoints in an object store (storage: s3://...) are fetched to a local folder.
+        model_file = Path(outcome.checkpoint.to_directory()) / MODEL_FILENAME
     if not outcome.checkpoint_path or not model_file.is_file():
         _logger.warning("trial %s left no saved model here; nothing to log", outcome.name)
         return False
