@@ -295,9 +295,10 @@ def _print_leaderboard(uri: str, experiment: str, top: int, sweep_run_id: str) -
 
     table = leaderboard(uri, experiment, sweep_run_id=sweep_run_id)
     print(_as_text(table, top))
-    failed = table[table["status"] == "failed"] if "status" in table else table.iloc[0:0]
+    unusable = table["status"].isin(["failed", "diverged"]) if "status" in table else None
+    failed = table[unusable] if unusable is not None else table.iloc[0:0]
     for _, row in failed.iterrows():
-        print(f"failed: {row['trial']}: {row.get('error', '')}")
+        print(f"{row['status']}: {row['trial']}: {row.get('error', '')}")
 
 
 def _as_text(table: Any, top: int | None = None) -> str:
