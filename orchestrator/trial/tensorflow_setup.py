@@ -16,13 +16,17 @@ def configure_tensorflow(cpus: float, gpus: float) -> None:
     Two trials on two cores that each start a thread per core fight for both; a thread pool the
     size of the trial's CPUs keeps them apart. GPU memory grows on demand, so trials packed on
     one GPU by a fractional request do not each grab the whole card. A trial given no GPU sees
-    none. TensorFlow accepts these settings once per process; a reused worker keeps its first.
+    none: Ray leaves ``CUDA_VISIBLE_DEVICES`` alone for such a trial, so it is emptied here,
+    before CUDA starts. TensorFlow accepts these settings once per process; a reused worker
+    keeps its first (Tune reuses a worker only for trials that ask for the same resources).
     """
     global _configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if _configured:
         return
+    if gpus == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import tensorflow as tf
 
     threads = max(1, int(cpus))
@@ -36,5 +40,8 @@ def configure_tensorflow(cpus: float, gpus: float) -> None:
                 tf.config.experimental.set_memory_growth(device, True)
     except RuntimeError:
         # The runtime was initialised before us (by the user's own code at import time).
-        _logger.debug("TensorFlow was already initialised; keeping its thread settings")
+        _logger.warning(
+            "TensorFlow was initialised before the trial started; its thread and GPU "
+            "settings are kept as they were"
+        )
     _configured = True
