@@ -36,6 +36,7 @@ class TrialSettings:
         metric: the metric the sweep ranks by (also found under its other accuracy spelling).
         cpus: CPUs Ray gives each trial; TensorFlow's thread pool is sized to it.
         gpus: GPUs (or a fraction of one) Ray gives each trial; 0 hides every GPU.
+        gpu_memory_mb: caps each trial's memory on each of its GPUs; None grows on demand.
         save_model: whether to save the returned model in the trial's checkpoint.
         seed: when given, each trial seeds Python, numpy and TensorFlow from it and its own
             combination, so re-running a sweep trains the same models.
@@ -44,6 +45,7 @@ class TrialSettings:
     metric: str
     cpus: float = 1.0
     gpus: float = 0.0
+    gpu_memory_mb: int | None = None
     save_model: bool = True
     seed: int | None = None
 
@@ -63,7 +65,7 @@ def run_trial(
     """
     from ray import tune
 
-    configure_tensorflow(settings.cpus, settings.gpus)
+    configure_tensorflow(settings.cpus, settings.gpus, settings.gpu_memory_mb)
     import keras
 
     keras.backend.clear_session()
