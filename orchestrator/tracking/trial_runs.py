@@ -163,6 +163,9 @@ class TrialRunRecorder(Callback):
                 tags.STATUS: outcome.status,
                 tags.HOSTNAME: str(result.get("hostname", "")),
                 tags.NODE_IP: str(result.get("node_ip", "")),
+                tags.NODE_ID: str(result.get("node_id", "")),
+                tags.GPU_IDS: str(result.get("gpu_ids", "")),
+                tags.CUDA_VISIBLE_DEVICES: str(result.get("cuda_visible_devices", "")),
             },
         )
         self._client.set_terminated(outcome.run_id, "FINISHED")
