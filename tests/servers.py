@@ -4,6 +4,8 @@
 - ``MlflowServer``: ``mlflow server`` on 127.0.0.1, storing runs in a database and artifacts in
   a folder, with its HTTP access log kept so tests can count requests. It can be stopped and
   started again on the same port and store, as when a tracking server restarts mid-sweep.
+- ``RayCluster``: a two-node Ray cluster on this machine (``tests/ray_cluster.py``), joined by
+  its address; stopping it checks that none of its processes outlives it.
 
 PostgreSQL is reached at ``ORCHESTRATOR_TEST_POSTGRES`` (a URL to an existing database the
 tests may create databases from), by default ``postgresql://postgres@127.0.0.1:5432/test``.
@@ -12,14 +14,18 @@ tests may create databases from), by default ``postgresql://postgres@127.0.0.1:5
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import secrets
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -27,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 _logger = logging.getLogger(__name__)
 
+TESTS = Path(__file__).parent
 POSTGRES_URL = os.environ.get(
     "ORCHESTRATOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -164,6 +171,90 @@ class MlflowServer:
         return self.access_log.read_text(errors="replace").splitlines()
 
 
+class RayCluster:
+    """A head and a worker node on this machine, in a process of their own.
+
+    Each node declares ``cpus`` CPUs and ``gpus`` logical GPUs. The cluster gets its own Ray
+    temp folder, so no ``ray.init()`` on this machine joins it by accident. ``stop()`` shuts it
+    down and raises if any process the cluster had started is still alive afterwards.
+    """
+
+    def __init__(self, log: Path, cpus: float = 2, gpus: float = 1) -> None:
+        self.log = log
+        self.cpus = cpus
+        self.gpus = gpus
+        self.address = ""
+        self.node_ids: tuple[str, ...] = ()
+        # Short and under /tmp: Ray's socket paths below it may not exceed 107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="orc-ray-")
+        self._helper: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        """Start both nodes and wait until they are up.
+
+        Raises:
+            RuntimeError: if the cluster does not come up within ``timeout`` seconds.
+        """
+        environment = {**os.environ, "RAY_TMPDIR": self.temp_dir}
+        for inherited in ("RAY_ADDRESS", "CUDA_VISIBLE_DEVICES"):
+            environment.pop(inherited, None)
+        command = [sys.executable, str(TESTS / "ray_cluster.py")]
+        command += ["--cpus", str(self.cpus), "--gpus", str(self.gpus)]
+        with self.log.open("a") as log:
+            self._helper = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=environment,
+                text=True,
+                start_new_session=True,
+            )
+        assert self._helper.stdout is not None
+        readable, _, _ = select.select([self._helper.stdout], [], [], timeout)
+        line = self._helper.stdout.readline() if readable else ""
+        if not line:
+            with contextlib.suppress(RuntimeError):  # Its own failure says more than leftovers.
+                self.stop()
+            raise RuntimeError(f"the Ray cluster did not start:\n{self.log.read_text()[-3000:]}")
+        ready = json.loads(line)
+        self.address = ready["address"]
+        self.node_ids = tuple(ready["node_ids"])
+
+    def processes(self) -> set[tuple[int, str]]:
+        """The cluster's live processes, as (pid, start time) pairs."""
+        if self._helper is None:
+            return set()
+        return _descendants(self._helper.pid)
+
+    def stop(self) -> None:
+        """Shut the cluster down and remove its temp folder.
+
+        Raises:
+            RuntimeError: if a process of the cluster, or its head port, outlives it.
+        """
+        helper, self._helper = self._helper, None
+        if helper is None:
+            return
+        started = _descendants(helper.pid)
+        if helper.stdin is not None:
+            helper.stdin.close()  # The helper shuts its nodes down at end of input.
+        try:
+            helper.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _end_process_group(helper, grace=30)
+        deadline = time.monotonic() + 30
+        while (left := _still_alive(started)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left |= {(pid, "") for pid in _pids_mentioning(self.temp_dir)}
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if left:
+            raise RuntimeError(f"processes of the Ray cluster outlived it: {sorted(left)}")
+        host, port = self.address.rsplit(":", 1) if self.address else ("", "0")
+        if host and port_is_open(host, int(port)):
+            raise RuntimeError(f"the Ray head {self.address} still answers after shutdown")
+
+
 def _end_process_group(process: subprocess.Popen, grace: float) -> None:
     """SIGTERM the process's group, then SIGKILL it if the process has not exited in time."""
     with contextlib.suppress(ProcessLookupError):  # It has ended already.
@@ -175,3 +266,47 @@ def _end_process_group(process: subprocess.Popen, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=grace)
+
+
+def _process_table() -> dict[int, tuple[int, str, str]]:
+    """Every process on the machine: pid -> (parent pid, state, start time), from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # It exited while we looked.
+        # The command name in parentheses may hold spaces; the fields after it do not.
+        fields = stat.rsplit(")", 1)[1].split()
+        table[int(entry.name)] = (int(fields[1]), fields[0], fields[19])
+    return table
+
+
+def _descendants(root: int) -> set[tuple[int, str]]:
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, stack = set(), list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found.add((pid, table[pid][2]))
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def _still_alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Those of ``processes`` still running (a zombie has ended; a reused pid is another)."""
+    table = _process_table()
+    return {
+        (pid, start)
+        for pid, start in processes
+        if pid in table and table[pid][2] == start and table[pid][1] != "Z"
+    }
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in found.stdout.split()]
