@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Ray instance per test session, a fresh MLflow store per test."""
+"""Shared fixtures: one real Ray instance per test session, a fresh MLflow store per test, and a
+real MLflow server on PostgreSQL per module that asks for one."""
 
 from __future__ import annotations
 
@@ -42,6 +43,37 @@ def orchestrator_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "orchestrator-home"
     monkeypatch.setenv("ORCHESTRATOR_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="module")
+def postgres_database():
+    """A ``servers.PostgresDatabase`` of the module's own, dropped at the module's end."""
+    from servers import PostgresDatabase
+
+    database = PostgresDatabase()
+    database.create()
+    try:
+        yield database
+    finally:
+        database.drop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres_database, tmp_path_factory: pytest.TempPathFactory):
+    """A real ``mlflow server`` over the module's PostgreSQL database, on 127.0.0.1.
+
+    Yields a ``servers.MlflowServer``: its ``url`` is the tracking URI; ``stop()`` and
+    ``start()`` take it away and bring it back on the same port and store.
+    """
+    from servers import MlflowServer
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    server = MlflowServer(postgres_database.sqlalchemy_url, folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

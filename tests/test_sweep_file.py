@@ -107,6 +107,11 @@ BROKEN = [
     (VALID + "resources: {cpus_per_trial: 0}\n", ["resources.cpus_per_trial", "greater than 0"]),
     (VALID + "resources: {gpus_per_trial: 1.5}\n", ["resources.gpus_per_trial", "whole GPUs"]),
     (VALID + "resources: {gpus: 1}\n", ["resources.gpus", "cpus_per_trial, gpus_per_trial"]),
+    (VALID + "resources: {gpu_memory_mb: 512}\n", ["resources", "needs 'gpus_per_trial'"]),
+    (
+        VALID + "resources: {gpus_per_trial: 0.5, gpu_memory_mb: 0}\n",
+        ["resources.gpu_memory_mb", "greater than 0"],
+    ),
     (
         VALID + "resources: {max_concurrent_trials: 0}\n",
         ["max_concurrent_trials", "greater than 0"],
@@ -241,3 +246,11 @@ def test_a_fraction_that_rounds_to_no_trial_is_refused_with_the_smallest_that_wo
     assert caught.value.field == "search.fraction"
     assert "grid's 12 combinations" in str(caught.value)
     assert "0.08333" in str(caught.value)
+
+
+def test_a_gpu_memory_cap_comes_with_a_gpu_share(write_sweep):
+    text = VALID + "resources: {gpus_per_trial: 0.5, gpu_memory_mb: 1024}\n"
+
+    resources = load_sweep(write_sweep(text)).spec.resources
+
+    assert (resources.gpus_per_trial, resources.gpu_memory_mb) == (0.5, 1024)

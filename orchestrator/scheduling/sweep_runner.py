@@ -56,6 +56,7 @@ class SweepPlan:
         tracking_uri: the resolved MLflow store.
         metric, mode: what ranks the trials.
         cpus_per_trial, gpus_per_trial, max_concurrent_trials: Ray resources.
+        gpu_memory_mb: caps each trial's TensorFlow memory per GPU; None grows it on demand.
         grid_size: the size of the space the combinations were drawn from.
         target: stop starting trials once a finished trial reaches this metric value.
         deadline: stop starting trials after this time (seconds since the epoch).
@@ -80,6 +81,7 @@ class SweepPlan:
     mode: str = "max"
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    gpu_memory_mb: int | None = None
     max_concurrent_trials: int | None = None
     grid_size: int | None = None
     target: float | None = None
@@ -182,6 +184,7 @@ def run_sweep(
         mode=spec.mode,
         cpus_per_trial=spec.resources.cpus_per_trial,
         gpus_per_trial=spec.resources.gpus_per_trial,
+        gpu_memory_mb=spec.resources.gpu_memory_mb,
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         grid_size=grid_size(spec.params),
         storage=spec.storage,
@@ -420,6 +423,8 @@ def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) 
             key: value for key, value in plan.record.items() if not key.startswith("orchestrator.")
         },
     }
+    if plan.gpu_memory_mb is not None:
+        params["gpu_memory_mb"] = str(plan.gpu_memory_mb)
     if plan.target is not None:
         params["target"] = str(plan.target)
     store.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
@@ -490,7 +495,11 @@ def _tune(
     # Tune's own handler would end the sweep as if it had finished.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     settings = TrialSettings(
-        metric=plan.metric, cpus=plan.cpus_per_trial, gpus=plan.gpus_per_trial, seed=plan.seed
+        metric=plan.metric,
+        cpus=plan.cpus_per_trial,
+        gpus=plan.gpus_per_trial,
+        gpu_memory_mb=plan.gpu_memory_mb,
+        seed=plan.seed,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),

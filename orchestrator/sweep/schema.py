@@ -65,6 +65,7 @@ class ResourcesSpec(_Strict):
 
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
+    gpu_memory_mb: int | None = Field(default=None, gt=0)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
 
     @field_validator("gpus_per_trial")
@@ -75,6 +76,14 @@ class ResourcesSpec(_Strict):
                 "a fraction of a GPU must be at most 1 (0.25, 0.5); above 1 use whole GPUs"
             )
         return value
+
+    @model_validator(mode="after")
+    def _memory_needs_a_gpu(self) -> ResourcesSpec:
+        if self.gpu_memory_mb is not None and self.gpus_per_trial == 0:
+            raise ValueError(
+                "'gpu_memory_mb' caps a trial's GPU memory; it needs 'gpus_per_trial' above 0"
+            )
+        return self
 
 
 class TrackingSpec(_Strict):

@@ -16,6 +16,9 @@ DATA_REFERENCE = "orchestrator.data"
 DATA_OPTIONS = "orchestrator.data_options"
 HOSTNAME = "orchestrator.hostname"
 NODE_IP = "orchestrator.node_ip"
+NODE_ID = "orchestrator.node_id"  # the Ray node a trial ran on
+GPU_IDS = "orchestrator.gpu_ids"  # the GPU ids Ray assigned a trial, comma-separated
+CUDA_VISIBLE_DEVICES = "orchestrator.cuda_visible_devices"  # as the trial's process saw it
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: nests child runs under the parent in the UI
 
 MODEL_ARTIFACT_DIR = "model"

@@ -170,6 +170,9 @@ class TrialRunRecorder(Callback):
         run_tags = {
             tags.HOSTNAME: str(result.get("hostname", "")),
             tags.NODE_IP: str(result.get("node_ip", "")),
+            tags.NODE_ID: str(result.get("node_id", "")),
+            tags.GPU_IDS: str(result.get("gpu_ids", "")),
+            tags.CUDA_VISIBLE_DEVICES: str(result.get("cuda_visible_devices", "")),
         }
         outcome.error = _divergence(outcome.metrics, self._metric)
         outcome.status = "diverged" if outcome.error else "finished"

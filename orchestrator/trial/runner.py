@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class TrialSettings:
         metric: the metric the sweep ranks by (also found under its other accuracy spelling).
         cpus: CPUs Ray gives each trial; TensorFlow's thread pool is sized to it.
         gpus: GPUs (or a fraction of one) Ray gives each trial; 0 hides every GPU.
+        gpu_memory_mb: caps each trial's memory on each of its GPUs; None grows on demand.
         save_model: whether to save the returned model in the trial's checkpoint.
         seed: when given, each trial seeds Python, numpy and TensorFlow from it and its own
             combination, so re-running a sweep trains the same models.
@@ -44,6 +46,7 @@ class TrialSettings:
     metric: str
     cpus: float = 1.0
     gpus: float = 0.0
+    gpu_memory_mb: int | None = None
     save_model: bool = True
     seed: int | None = None
 
@@ -63,7 +66,7 @@ def run_trial(
     """
     from ray import tune
 
-    configure_tensorflow(settings.cpus, settings.gpus)
+    configure_tensorflow(settings.cpus, settings.gpus, settings.gpu_memory_mb)
     import keras
 
     keras.backend.clear_session()
@@ -88,7 +91,7 @@ def run_trial(
     if not epochs:  # Trained without keras.Model.fit: the history is all there is.
         for metrics in history_epochs:
             report_epoch(metrics)
-    final = {**(epochs[-1] if epochs else {})}
+    final: dict[str, Any] = {**(epochs[-1] if epochs else {})}
     if history_epochs:  # The function may have added metrics to its history after fit.
         final.update(with_metric_alias(history_epochs[-1], settings.metric))
     final.update(
@@ -96,6 +99,7 @@ def run_trial(
             FINAL_RESULT_KEY: 1.0,
             "epochs_trained": float(len(epochs)),
             "train_seconds": train_seconds,
+            **placement(),  # Tune adds the hostname and node_ip itself.
         }
     )
     diverged = first_nan_epoch(epochs)
@@ -107,6 +111,23 @@ def run_trial(
         checkpoint = tune.Checkpoint.from_directory(folder) if saved else None
         tune.report(final, checkpoint=checkpoint)
     keras.backend.clear_session()
+
+
+def placement() -> dict[str, str]:
+    """Where this process runs, as strings for the trial's last result; call it in a Ray worker.
+
+    ``node_id`` is the Ray node's id; ``gpu_ids`` are the GPU ids Ray assigned the trial,
+    comma-separated in device order ("" for none); ``cuda_visible_devices`` is the variable as
+    the process sees it ("unset" when it is not set, which leaves every GPU visible).
+    """
+    import ray
+
+    gpu_ids = sorted((str(gpu) for gpu in ray.get_gpu_ids()), key=lambda gpu: (len(gpu), gpu))
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(gpu_ids),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+    }
 
 
 def _history_epochs(history: Any) -> list[dict[str, float]]:

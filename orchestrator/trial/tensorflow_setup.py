@@ -10,19 +10,29 @@ _logger = logging.getLogger(__name__)
 _configured = False
 
 
-def configure_tensorflow(cpus: float, gpus: float) -> None:
+def configure_tensorflow(cpus: float, gpus: float, gpu_memory_mb: int | None = None) -> None:
     """Limit TensorFlow's threads to the trial's CPUs and its GPU use to the trial's devices.
 
     Two trials on two cores that each start a thread per core fight for both; a thread pool the
-    size of the trial's CPUs keeps them apart. GPU memory grows on demand, so trials packed on
-    one GPU by a fractional request do not each grab the whole card. A trial given no GPU sees
-    none. TensorFlow accepts these settings once per process; a reused worker keeps its first.
+    size of the trial's CPUs keeps them apart.
+
+    GPUs: Ray sets ``CUDA_VISIBLE_DEVICES`` to the devices it assigned a trial that asked for
+    some, so TensorFlow sees only those. By default memory grows on demand, so trials packed on
+    one GPU by a fractional request do not each grab the whole card; with ``gpu_memory_mb``
+    each visible GPU is instead capped at that many MiB for this trial, which also stops one
+    trial from growing into its neighbours' share. A trial given no GPU sees none: Ray leaves
+    ``CUDA_VISIBLE_DEVICES`` alone for such a trial, so it is emptied here, before CUDA starts.
+
+    TensorFlow accepts these settings once per process; a reused worker keeps its first (Tune
+    reuses a worker only for trials that ask for the same resources).
     """
     global _configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if _configured:
         return
+    if gpus == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import tensorflow as tf
 
     threads = max(1, int(cpus))
@@ -32,9 +42,24 @@ def configure_tensorflow(cpus: float, gpus: float) -> None:
         if gpus == 0:
             tf.config.set_visible_devices([], "GPU")
         else:
-            for device in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(device, True)
+            _share_gpus(gpu_memory_mb)
     except RuntimeError:
         # The runtime was initialised before us (by the user's own code at import time).
-        _logger.debug("TensorFlow was already initialised; keeping its thread settings")
+        _logger.warning(
+            "TensorFlow was initialised before the trial started; its thread and GPU "
+            "settings are kept as they were"
+        )
     _configured = True
+
+
+def _share_gpus(gpu_memory_mb: int | None) -> None:
+    """Grow memory on demand on every visible GPU, or cap it at ``gpu_memory_mb`` MiB."""
+    import tensorflow as tf
+
+    for device in tf.config.list_physical_devices("GPU"):
+        if gpu_memory_mb is None:
+            tf.config.experimental.set_memory_growth(device, True)
+        else:
+            # A capped logical device and memory growth exclude each other in TensorFlow.
+            limit = tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_mb)
+            tf.config.set_logical_device_configuration(device, [limit])
