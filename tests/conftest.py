@@ -45,9 +45,9 @@ def orchestrator_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def postgres_database():
-    """A ``servers.PostgresDatabase`` of the module's own, dropped at the module's end."""
+    """A ``servers.PostgresDatabase`` of the session's own, dropped at its end."""
     from servers import PostgresDatabase
 
     database = PostgresDatabase()
@@ -58,9 +58,11 @@ def postgres_database():
         database.drop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(postgres_database, tmp_path_factory: pytest.TempPathFactory):
-    """A real ``mlflow server`` over the module's PostgreSQL database, on 127.0.0.1.
+    """A real ``mlflow server`` over the session's PostgreSQL database, on 127.0.0.1, shared by
+    the tests that need one (each uses experiments of its own; one that stops it starts it
+    again).
 
     Yields a ``servers.MlflowServer``: its ``url`` is the tracking URI; ``stop()`` and
     ``start()`` take it away and bring it back on the same port and store.

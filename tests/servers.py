@@ -139,12 +139,25 @@ class MlflowServer:
                 )
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        """Stop the server and every process it started; does nothing if it is not running."""
+    def stop(self, crash: bool = False) -> None:
+        """Stop the server and every process it started; does nothing if it is not running.
+
+        ``crash`` kills it at once (SIGKILL), as a failing machine would, instead of letting it
+        shut down.
+        """
         process, self._process = self._process, None
         if process is None:
             return
+        if crash:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return
         _end_process_group(process, grace=30)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
 
     def requests(self, method: str, path: str) -> int:
         """How many ``method path`` requests the server has answered so far."""
