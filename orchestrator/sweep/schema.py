@@ -65,8 +65,8 @@ class ResourcesSpec(_Strict):
 
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
-    gpu_memory_mb: int | None = Field(default=None, gt=0)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
+    gpu_memory_mb: int | None = Field(default=None, gt=0)
 
     @field_validator("gpus_per_trial")
     @classmethod
