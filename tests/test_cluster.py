@@ -105,6 +105,7 @@ def start_sweep(
     command = [sys.executable, "-m", "orchestrator.cli.main", "run", str(sweep)]
     command += ["--address", cluster.address, "--tracking-uri", tracking_uri]
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environment["ORCHESTRATOR_HOME"] = str(folder / "orchestrator-home")
     log = folder / f"{name}.out"
     with log.open("w") as sink:  # A file, not a pipe: two processes write at once.
         # From the repository's root, the driver imports this checkout's orchestrator, and Ray
