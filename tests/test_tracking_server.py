@@ -41,12 +41,13 @@ def served_sweep(mlflow_server, tmp_path_factory):
     """The sweep, run once against the server; with the server's write requests it caused."""
     path = tmp_path_factory.mktemp("served") / "sweep.yaml"
     path.write_text(SWEEP)
+    # The server is shared by the session's tests: count only the requests this sweep caused.
+    before = {route: mlflow_server.requests("POST", route) for route in (LOG_BATCH, LOG_METRIC)}
 
     result = run_sweep(load_sweep(path), tracking_uri=mlflow_server.url)
 
     requests = {
-        LOG_BATCH: mlflow_server.requests("POST", LOG_BATCH),
-        LOG_METRIC: mlflow_server.requests("POST", LOG_METRIC),
+        route: mlflow_server.requests("POST", route) - count for route, count in before.items()
     }
     return result, requests
 
