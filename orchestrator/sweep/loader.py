@@ -47,7 +47,7 @@ class Sweep:
     def fingerprint(self) -> str:
         """A hash of what decides the sweep's results: the model, the data, the parameters,
         the search and the metric; not where or how fast it runs (resources, the tracking URI,
-        the storage path, retries) nor its description. Re-running a file edited only in those
+        the storage path, retries, the budget) nor its description. Re-running a file edited only in those
         resumes the same sweep."""
         canonical = self.spec.model_dump_json(
             exclude={
@@ -55,6 +55,7 @@ class Sweep:
                 "resources": True,
                 "storage": True,
                 "retries": True,
+                "budget": True,
                 "tracking": {"uri"},
             }
         )

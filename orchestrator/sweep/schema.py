@@ -36,10 +36,11 @@ class SearchSpec(_Strict):
 
     ``random``/``uniform`` draw uniformly; ``sobol``, ``halton`` and ``latin`` (Latin
     hypercube) spread the sample quasi-randomly over the grid, as Talos's methods of those names.
-    A sample is sized by ``trials`` (a count) or ``fraction`` (of the grid).
+    A sample is sized by ``trials`` (a count) or ``fraction`` (of the grid). ``tpe`` lets
+    Optuna's Tree-structured Parzen Estimator choose each next trial from the results so far.
     """
 
-    method: Literal["grid", "random", "uniform", "sobol", "halton", "latin"] = "grid"
+    method: Literal["grid", "random", "uniform", "sobol", "halton", "latin", "tpe"] = "grid"
     trials: int | None = Field(default=None, gt=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
@@ -57,7 +58,48 @@ class SearchSpec(_Strict):
             )
         if self.method == "grid" and (self.trials or self.fraction):
             raise ValueError("'trials' and 'fraction' size a sample; with 'method: grid' all run")
+        if self.method == "tpe" and self.fraction is not None:
+            raise ValueError("method 'tpe' is sized by 'trials: N', not by a fraction")
         return self
+
+
+class ScheduleSpec(_Strict):
+    """Early stopping by one of Ray Tune's schedulers, measured in epochs.
+
+    ``asha`` (asynchronous successive halving) and ``hyperband`` stop the worse trials at
+    epochs ``grace_period``, ``grace_period * reduction_factor``, ...; ``median`` stops a trial
+    whose metric is below the median of the others at the same epoch; ``pbt`` (population-based
+    training) replaces poor trials every ``perturbation_interval`` epochs by a copy of a good
+    one, weights included, with the ``mutations`` parameters drawn anew.
+    """
+
+    scheduler: Literal["asha", "hyperband", "median", "pbt"]
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+    max_epochs: int | None = Field(default=None, ge=1)
+    perturbation_interval: int = Field(default=2, ge=1)
+    mutations: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _options_fit_the_scheduler(self) -> ScheduleSpec:
+        if self.mutations is not None and self.scheduler != "pbt":
+            raise ValueError(f"'mutations' belong to scheduler 'pbt', not '{self.scheduler}'")
+        if self.mutations is not None and not self.mutations:
+            raise ValueError("'mutations' names no parameter; list the ones PBT may change")
+        return self
+
+
+class BudgetSpec(_Strict):
+    """Limits that end a sweep early; whichever is reached first ends it, everything recorded.
+
+    ``trials``: at most this many trials start. ``minutes``: wall-clock time, after which the
+    running trials are stopped (recorded as stopped, with the epoch they reached) and no other
+    starts. ``target``: no trial starts once a finished one reaches this metric value.
+    """
+
+    trials: int | None = Field(default=None, gt=0)
+    minutes: float | None = Field(default=None, gt=0)
+    target: float | None = None
 
 
 class ResourcesSpec(_Strict):
@@ -146,6 +188,8 @@ class SweepSpec(_Strict):
     metric: str = Field(default="val_acc", min_length=1)
     mode: Literal["max", "min"] = "max"
     search: SearchSpec = Field(default_factory=SearchSpec)
+    schedule: ScheduleSpec | None = None
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str | None = Field(default=None, min_length=1)
@@ -160,6 +204,11 @@ class SweepSpec(_Strict):
     @classmethod
     def _search_shorthand(cls, value: Any) -> Any:
         return {"method": value} if isinstance(value, str) else value
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_shorthand(cls, value: Any) -> Any:
+        return {"scheduler": value} if isinstance(value, str) else value
 
     @field_validator("tracking", mode="before")
     @classmethod
@@ -188,6 +237,8 @@ SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
     (): SweepSpec,
     ("data",): DataSpec,
     ("search",): SearchSpec,
+    ("schedule",): ScheduleSpec,
+    ("budget",): BudgetSpec,
     ("resources",): ResourcesSpec,
     ("tracking",): TrackingSpec,
 }
