@@ -102,7 +102,7 @@ BROKEN = [
     (VALID + "search: {method: random, trials: 9}\n", ["search.trials", "9", "4 combinations"]),
     (
         VALID + "search: {method: annealing}\n",
-        ["search.method", "'grid', 'random', 'uniform', 'sobol', 'halton' or 'latin'"],
+        ["search.method", "'grid', 'random', 'uniform', 'sobol', 'halton', 'latin' or 'tpe'"],
     ),
     (VALID + "resources: {cpus_per_trial: 0}\n", ["resources.cpus_per_trial", "greater than 0"]),
     (VALID + "resources: {gpus_per_trial: 1.5}\n", ["resources.gpus_per_trial", "whole GPUs"]),

@@ -46,9 +46,9 @@ class Sweep:
     @property
     def fingerprint(self) -> str:
         """A hash of what decides the sweep's results: the model, the data, the parameters,
-        the search and the metric; not where or how fast it runs (resources, the tracking URI,
-        the storage path, retries, the budget) nor its description. Re-running a file edited only in those
-        resumes the same sweep."""
+        the search, the schedule and the metric; not where or how fast it runs (resources, the
+        tracking URI, the storage path, retries, the budget) nor its description. Re-running a
+        file edited only in those resumes the same sweep."""
         canonical = self.spec.model_dump_json(
             exclude={
                 "description": True,
