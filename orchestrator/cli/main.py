@@ -157,8 +157,11 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_leaderboard(result.tracking_uri, result.experiment, args.top, result.sweep_run_id)
     failed, diverged = result.count("failed"), result.count("diverged")
+    stopped = result.count("stopped")
     print(
-        f"\n{result.count('finished')} finished, {failed} failed, {diverged} diverged "
+        f"\n{result.count('finished')} finished, "
+        + (f"{stopped} stopped early, " if stopped else "")
+        + f"{failed} failed, {diverged} diverged "
         f"in {result.wall_seconds:.0f} s; runs in {result.tracking_uri} "
         f"(experiment '{result.experiment}')"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.space import config_hash, grid_size
+from orchestrator.space import config_hash
 from orchestrator.space.grid import readable_value
 from orchestrator.sweep import Sweep
 from orchestrator.tracking import tags
@@ -69,6 +69,13 @@ class SweepPlan:
         resume: continue the latest execution with the same fingerprint (``record``'s
             ``orchestrator.sweep_fingerprint``): combinations it finished are not trained again.
         retries: times a failed trial is started again before it is recorded as failed.
+        schedule: the early-stopping scheduler, if any.
+        adaptive: ``"tpe"`` when Optuna's TPE chooses the trials as the sweep goes (then
+            ``combinations`` is empty and ``parameters`` and ``trials`` define the search).
+        parameters: the space's parameters (``orchestrator.space.distributions.Parameter``).
+        trials: how many trials an adaptive search starts, in all of the sweep's executions.
+        time_budget: seconds after which running trials are stopped (recorded as stopped)
+            and no other starts.
     """
 
     name: str
@@ -94,6 +101,11 @@ class SweepPlan:
     seed: int | None = None
     resume: bool = False
     retries: int = 0
+    schedule: Any = None
+    adaptive: str | None = None
+    parameters: list[Any] = field(default_factory=list)
+    trials: int | None = None
+    time_budget: float | None = None
 
 
 @dataclass
@@ -173,10 +185,19 @@ def run_sweep(
     spec = sweep.spec
     model_fn = sweep.model_function()
     data_fn = sweep.data_function()
+    adaptive = spec.search.method == "tpe"
+    needs_space = adaptive or (spec.schedule is not None and spec.schedule.scheduler == "pbt")
+    parameters = sweep.parameters() if needs_space else []
+    schedule = None
+    if spec.schedule is not None:
+        from orchestrator.scheduling.schedulers import schedule_from_spec
+
+        schedule = schedule_from_spec(spec.schedule, spec.params, parameters, sweep.source)
+    limits = [n for n in (spec.search.trials, spec.budget.trials) if n is not None]
     plan = SweepPlan(
         name=sweep.name,
         experiment=spec.experiment_name,
-        combinations=sweep.combinations(),
+        combinations=[] if adaptive else sweep.combinations(),
         model_fn=model_fn,
         data=load_data(data_fn, spec.data.options, sweep.source),
         tracking_uri=resolve_tracking_uri(tracking_uri, spec.tracking.uri),
@@ -186,7 +207,7 @@ def run_sweep(
         gpus_per_trial=spec.resources.gpus_per_trial,
         gpu_memory_mb=spec.resources.gpu_memory_mb,
         max_concurrent_trials=spec.resources.max_concurrent_trials,
-        grid_size=grid_size(spec.params),
+        grid_size=sweep.grid_size,
         storage=spec.storage,
         description=spec.description,
         record={
@@ -201,6 +222,12 @@ def run_sweep(
         seed=spec.search.seed,
         resume=not fresh,
         retries=spec.retries,
+        schedule=schedule,
+        adaptive=spec.search.method if adaptive else None,
+        parameters=parameters,
+        trials=min(limits) if adaptive and limits else None,
+        target=spec.budget.target,
+        time_budget=spec.budget.minutes * 60 if spec.budget.minutes else None,
     )
     return execute(plan, address=address, on_trial_end=on_trial_end, verbose=verbose)
 
@@ -235,13 +262,15 @@ def execute(
     earlier = _earlier_execution(store, experiment_id, plan) if plan.resume else None
     done = earlier.done if earlier else {}
     todo = [c for c in plan.combinations if config_hash(c) not in done]
+    if plan.adaptive:
+        todo = [{}] * max(0, (plan.trials or 0) - len(done))  # Chosen as the sweep goes.
     result = SweepResult(
         plan.experiment,
         plan.tracking_uri,
         earlier.run.info.run_id if earlier else "",
         plan.metric,
         plan.mode,
-        planned=len(plan.combinations),
+        planned=(plan.trials or 0) if plan.adaptive else len(plan.combinations),
         earlier=len(done),
         closed=earlier.closed if earlier else 0,
     )
@@ -252,6 +281,9 @@ def execute(
     sweep_run_id = result.sweep_run_id
     _logger.info("sweep '%s': %d trials to run, tracked in %s", plan.name, len(todo), store.uri)
 
+    if plan.time_budget is not None:
+        budget_end = time.time() + plan.time_budget
+        plan.deadline = min(plan.deadline or budget_end, budget_end)
     stop = _StopRule(plan)
 
     def trial_ended(outcome: Any) -> None:
@@ -271,6 +303,7 @@ def execute(
         log_every_model=plan.log_every_model,
         earlier=earlier_outcomes,
         first_index=earlier.created if earlier else 0,
+        stopped_by=lambda: stop.reason or _scheduler_name(plan),
     )
     for outcome in earlier_outcomes:
         trial_ended(outcome)
@@ -281,7 +314,10 @@ def execute(
             _init_ray(address, verbose)
             _check_resources(plan)
             tune_name = f"{_safe(plan.name)}-{sweep_run_id[:8]}-{executions}"
-            _tune(plan, todo, recorder, tune_name, stop)
+            _tune(plan, todo, recorder, tune_name, stop, done)
+            if plan.time_budget is not None and time.time() >= (plan.deadline or 0):
+                stop.reason = f"the time budget of {plan.time_budget / 60:g} minutes ran out"
+                recorder.stop_unfinished(stop.reason)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -414,7 +450,7 @@ def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) 
     run_id = run.info.run_id
     params = {
         "grid_size": str(plan.grid_size if plan.grid_size is not None else "-"),
-        "trials": str(len(plan.combinations)),
+        "trials": str(plan.trials if plan.adaptive else len(plan.combinations)),
         "metric": plan.metric,
         "mode": plan.mode,
         "cpus_per_trial": str(plan.cpus_per_trial),
@@ -427,6 +463,10 @@ def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) 
         params["gpu_memory_mb"] = str(plan.gpu_memory_mb)
     if plan.target is not None:
         params["target"] = str(plan.target)
+    if plan.schedule is not None:
+        params["scheduler"] = plan.schedule.name
+    if plan.time_budget is not None:
+        params["budget_minutes"] = f"{plan.time_budget / 60:g}"
     store.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     for path, text in plan.artifacts.items():
         store.client.log_text(run_id, text, path)
@@ -486,10 +526,9 @@ def _tune(
     recorder: Any,
     name: str,
     stop: _StopRule,
+    done: dict[str, Any],
 ) -> None:
     from ray import tune
-
-    from orchestrator.scheduling.searcher import PlannedSearcher
 
     # Ctrl-C must reach the sweep, which closes open runs as killed and the sweep's run too;
     # Tune's own handler would end the sweep as if it had finished.
@@ -500,6 +539,7 @@ def _tune(
         gpus=plan.gpus_per_trial,
         gpu_memory_mb=plan.gpu_memory_mb,
         seed=plan.seed,
+        checkpoint_every=plan.schedule.checkpoint_every if plan.schedule else None,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),
@@ -508,8 +548,10 @@ def _tune(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=PlannedSearcher(combinations, stop),
+            search_alg=_searcher(plan, combinations, stop, done),
+            scheduler=plan.schedule.build(plan.metric, plan.mode) if plan.schedule else None,
             num_samples=len(combinations),
+            time_budget_s=plan.time_budget,
             max_concurrent_trials=plan.max_concurrent_trials or _slots(plan),
             reuse_actors=True,  # Workers keep TensorFlow imported from one trial to the next.
         ),
@@ -519,9 +561,49 @@ def _tune(
             callbacks=[recorder],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=plan.retries),
+            # Restarted trials (PBT, HyperBand) need only their newest weights.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)
+            if settings.checkpoint_every
+            else None,
         ),
     )
     tuner.fit()
+
+
+def _searcher(
+    plan: SweepPlan, combinations: list[dict[str, Any]], stop: _StopRule, done: dict[str, Any]
+) -> Any:
+    """The planned combinations in order; or TPE's choices, told what earlier executions of
+    the sweep found, never repeating a configuration."""
+    from orchestrator.scheduling.searcher import DistinctSearcher, PlannedSearcher
+
+    if not plan.adaptive:
+        return PlannedSearcher(combinations, stop)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.scheduling.searcher import optuna_space
+    from orchestrator.tracking.resume import outcome_of
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    known = {key: outcome_of(run).score(plan.metric) for key, run in done.items()}
+    told = [(outcome_of(run).params, known[key]) for key, run in done.items()]
+    told = [(params, value) for params, value in told if math.isfinite(value)]
+    inner = OptunaSearch(
+        optuna_space(plan.parameters),
+        metric=plan.metric,
+        mode=plan.mode,
+        sampler=optuna.samplers.TPESampler(seed=plan.seed),
+        points_to_evaluate=[params for params, _ in told] or None,
+        evaluated_rewards=[value for _, value in told] or None,
+    )
+    return DistinctSearcher(inner, plan.metric, len(combinations), known, stop)
+
+
+def _scheduler_name(plan: SweepPlan) -> str:
+    from orchestrator.scheduling.schedulers import NAMES
+
+    return NAMES.get(plan.schedule.name, plan.schedule.name) if plan.schedule else "Ray Tune"
 
 
 def _best(store: TrackingStore, result: SweepResult, store_is_complete: bool) -> Any:
@@ -553,7 +635,7 @@ def _end_sweep_run(
     from orchestrator.tracking.trial_runs import log_model
 
     now = int(time.time() * 1000)
-    statuses = ("finished", "diverged", "failed", "killed")
+    statuses = ("finished", "stopped", "diverged", "failed", "killed")
     counts = {name: float(result.count(name)) for name in statuses}
     metrics = [Metric(f"trials_{name}", value, now, 0) for name, value in counts.items()]
     metrics.append(Metric("wall_seconds", result.wall_seconds, now, 0))

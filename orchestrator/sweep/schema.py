@@ -66,8 +66,9 @@ class SearchSpec(_Strict):
 class ScheduleSpec(_Strict):
     """Early stopping by one of Ray Tune's schedulers, measured in epochs.
 
-    ``asha`` (asynchronous successive halving) and ``hyperband`` stop the worse trials at
-    epochs ``grace_period``, ``grace_period * reduction_factor``, ...; ``median`` stops a trial
+    ``asha`` (asynchronous successive halving) stops the worse trials at epochs
+    ``grace_period``, ``grace_period * reduction_factor``, ...; ``hyperband`` runs several
+    such brackets with different grace periods (asynchronous HyperBand); ``median`` stops a trial
     whose metric is below the median of the others at the same epoch; ``pbt`` (population-based
     training) replaces poor trials every ``perturbation_interval`` epochs by a copy of a good
     one, weights included, with the ``mutations`` parameters drawn anew.

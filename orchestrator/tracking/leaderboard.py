@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 #: Final metrics shown first when present, in this order.
 _HEADLINE_METRICS = ("val_acc", "val_accuracy", "val_exact", "val_loss", "acc", "loss")
 #: Statuses in the order they rank: a trial that diverged or failed never outranks a healthy one.
-_STATUS_ORDER = {"finished": 0, "diverged": 1, "killed": 2, "running": 2, "failed": 3}
+_STATUS_ORDER = {
+    "finished": 0,
+    "stopped": 0,  # Stopped early by a scheduler: ranked by its last epoch's value.
+    "diverged": 1,
+    "killed": 2,
+    "running": 2,
+    "failed": 3,
+}
 
 
 def find_sweep_run(store: TrackingStore, experiment: str, sweep_run_id: str | None = None) -> Run:
@@ -100,7 +107,7 @@ def leaderboard(
     if sort not in table.columns and f"param:{sort}" in table.columns:
         sort = f"param:{sort}"
     if sort not in table.columns:
-        if (table["status"] == "finished").any():
+        if table["status"].isin(["finished", "stopped"]).any():
             shown = ", ".join(c.removeprefix("param:") for c in known)
             raise TrackingError(f"--sort {sort}: no such metric or parameter; columns: {shown}")
         table[sort] = np.nan  # Nothing finished: rank what there is by status.

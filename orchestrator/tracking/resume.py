@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 #: A trial in one of these states is not trained again when its sweep resumes.
-DONE = ("finished", "diverged")
+DONE = ("finished", "stopped", "diverged")
 
 
 class SweepBusyError(OrchestratorError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -47,18 +48,27 @@ class TrialOutcome:
     run_id: str
     name: str
     params: dict[str, Any]
-    status: str = "running"  # finished, diverged, failed, killed
+    status: str = "running"  # finished, stopped (early, by a scheduler), diverged, failed, killed
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     checkpoint_path: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
     earlier: bool = False  # finished by an earlier execution of the sweep, not trained now
+    params_history: list[dict[str, Any]] = field(default_factory=list)  # PBT's changes
+    logged_epoch: int = 0  # the last epoch whose metrics are in MLflow
     checkpoint: Any = field(default=None, repr=False)  # Tune's Checkpoint, where it is stored
 
     def score(self, metric: str) -> float:
+        """The trial's value of ``metric``; a stopped trial's is its last epoch's; NaN for a
+        trial that produced no usable model."""
         value = self.metrics.get(metric, math.nan)
-        return value if self.status == "finished" else math.nan
+        return value if self.status in HEALTHY else math.nan
+
+
+#: Statuses of trials whose metric counts: ran to the end, or were stopped early by a
+#: scheduler (their metric is their last epoch's, and the leaderboard says they stopped).
+HEALTHY = ("finished", "stopped")
 
 
 class TrialRunRecorder(Callback):
@@ -86,6 +96,7 @@ class TrialRunRecorder(Callback):
         log_every_model: bool = False,
         earlier: list[TrialOutcome] | None = None,
         first_index: int = 0,
+        stopped_by: Callable[[], str] = lambda: "the scheduler",
     ) -> None:
         self._writer = writer
         self._experiment_id = experiment_id
@@ -95,6 +106,7 @@ class TrialRunRecorder(Callback):
         self._on_trial_end = on_trial_end
         self._log_every_model = log_every_model
         self._next_index = first_index
+        self._stopped_by = stopped_by
         self.outcomes: dict[str, TrialOutcome] = {
             f"earlier:{outcome.run_id}": outcome for outcome in earlier or []
         }
@@ -102,7 +114,7 @@ class TrialRunRecorder(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment's state, for a restore we never do;
         # the caller's function (a progress bar, a closure) need not be picklable.
-        return {**self.__dict__, "_on_trial_end": None}
+        return {**self.__dict__, "_on_trial_end": None, "_stopped_by": None}
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -152,6 +164,23 @@ class TrialRunRecorder(Callback):
         metrics = _model_metrics(result)
         self._log_metrics(outcome.run_id, metrics, step)
         outcome.metrics = metrics
+        outcome.logged_epoch = step
+        self._note_new_params(outcome, dict(trial.config), step)
+
+    def _note_new_params(self, outcome: TrialOutcome, params: dict[str, Any], epoch: int) -> None:
+        """Population-based training changes a trial's parameters as it goes; MLflow's params
+        are written once, so the history is kept in a tag and the outcome holds the latest."""
+        if params == outcome.params:
+            return
+        changed = {
+            name: readable_value(value)
+            for name, value in params.items()
+            if outcome.params.get(name) != value
+        }
+        outcome.params = params
+        outcome.params_history.append({"epoch": epoch, **changed})
+        history = json.dumps(outcome.params_history, default=str)
+        self._set_tags(outcome.run_id, {tags.PARAMS_HISTORY: history[:_TAG_LIMIT]})
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -162,8 +191,14 @@ class TrialRunRecorder(Callback):
         result = dict(trial.last_result or {})
         final = _model_metrics(result)
         final["trial_seconds"] = float(result.get("time_total_s", math.nan))
-        # The last epoch is logged already; only totals and late additions are new.
-        logged = outcome.metrics
+        # Without the totals report the function did not return: a scheduler or the time
+        # budget stopped the trial at the epoch it last reported.
+        stopped = not result.get(FINAL_RESULT_KEY)
+        if stopped:
+            final["epochs_trained"] = float(result.get("epoch", 0))
+        # The last epoch comes with the totals (the runner holds it back); if it was logged
+        # already (a stopped trial), only totals and late additions are new.
+        logged = outcome.metrics if int(result.get("epoch", 0)) <= outcome.logged_epoch else {}
         new = {name: value for name, value in final.items() if not _same(logged.get(name), value)}
         self._log_metrics(outcome.run_id, new, int(final.get("epochs_trained", 0)))
         outcome.metrics = final
@@ -175,10 +210,13 @@ class TrialRunRecorder(Callback):
             tags.CUDA_VISIBLE_DEVICES: str(result.get("cuda_visible_devices", "")),
         }
         outcome.error = _divergence(outcome.metrics, self._metric)
-        outcome.status = "diverged" if outcome.error else "finished"
+        outcome.status = "diverged" if outcome.error else "stopped" if stopped else "finished"
         run_tags[tags.STATUS] = outcome.status
         if outcome.error:
             run_tags[tags.ERROR] = outcome.error
+        if stopped:
+            epoch = int(final["epochs_trained"])
+            run_tags[tags.STOPPED_BY] = f"{self._stopped_by()} at epoch {epoch}"
         if trial.checkpoint is not None:
             outcome.checkpoint, outcome.checkpoint_path = trial.checkpoint, trial.checkpoint.path
             run_tags[tags.CHECKPOINT] = trial.checkpoint.path
@@ -216,6 +254,29 @@ class TrialRunRecorder(Callback):
         self._set_tags(outcome.run_id, {tags.RETRIES: str(attempt)})
         if details:
             self._writer.log_text(outcome.run_id, details, f"error-attempt-{attempt}.txt")
+
+    def stop_unfinished(self, reason: str) -> None:
+        """Close the runs of trials Tune ended without a word (its time budget ran out) as
+        stopped early at the last epoch they reported; their metric ranks like any other."""
+        for outcome in self.outcomes.values():
+            if outcome.status != "running":
+                continue
+            outcome.status = "stopped"
+            outcome.metrics["epochs_trained"] = float(outcome.logged_epoch)
+            self._log_metrics(
+                outcome.run_id,
+                {"epochs_trained": float(outcome.logged_epoch)},
+                outcome.logged_epoch,
+            )
+            self._set_tags(
+                outcome.run_id,
+                {
+                    tags.STATUS: "stopped",
+                    tags.STOPPED_BY: f"{reason} at epoch {outcome.logged_epoch}",
+                },
+            )
+            self._writer.set_terminated(outcome.run_id, "FINISHED")
+            self._finish(outcome)
 
     def close_unfinished(self, status: str = "KILLED") -> None:
         """Close the runs of trials that had not ended (the sweep was interrupted)."""

@@ -46,20 +46,26 @@ def first_nan_epoch(history: list[dict[str, float]], key: str = "loss") -> int |
     return None
 
 
-def make_epoch_callback(on_epoch: Callable[[dict[str, float]], None]) -> Any:
-    """A Keras callback calling ``on_epoch(metrics)`` at the end of every epoch."""
+def make_epoch_callback(on_epoch: Callable[[dict[str, float], bool], None]) -> Any:
+    """A Keras callback calling ``on_epoch(metrics, last_of_fit)`` at the end of every epoch;
+    ``last_of_fit`` is true for the last epoch the ``fit`` call asked for."""
     import keras
 
     class _EpochReporter(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            on_epoch(numeric_metrics(logs))
+            last = epoch + 1 == (self.params or {}).get("epochs")
+            on_epoch(numeric_metrics(logs), last)
 
     return _EpochReporter()
 
 
 @contextlib.contextmanager
-def reporting_fit(*callbacks: Any) -> Iterator[None]:
+def reporting_fit(
+    *callbacks: Any, before_fit: Callable[[Any, dict[str, Any]], None] | None = None
+) -> Iterator[None]:
     """While active, every ``keras.Model.fit`` call also runs ``callbacks``, last in its list.
+    ``before_fit(model, arguments)``, if given, sees each call first and may change its
+    arguments (a restarted trial loads weights and sets ``initial_epoch``).
 
     Talos-style model functions call ``fit`` themselves; hooking it is what lets a sweep see
     every epoch (for live progress, and for schedulers that stop poor trials early) without the
@@ -75,6 +81,8 @@ def reporting_fit(*callbacks: Any) -> Iterator[None]:
         bound = signature.bind(self, *args, **kwargs)
         user_callbacks = list(bound.arguments.get("callbacks") or [])
         bound.arguments["callbacks"] = [*user_callbacks, *callbacks]
+        if before_fit is not None:
+            before_fit(self, bound.arguments)
         return original(*bound.args, **bound.kwargs)
 
     keras.Model.fit = fit

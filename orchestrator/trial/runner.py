@@ -41,6 +41,9 @@ class TrialSettings:
         save_model: whether to save the returned model in the trial's checkpoint.
         seed: when given, each trial seeds Python, numpy and TensorFlow from it and its own
             combination, so re-running a sweep trains the same models.
+        checkpoint_every: save the model's weights with every N-th epoch's report, for
+            population-based training, which copies a good trial's weights into a poor one;
+            a trial started from such a checkpoint trains on from its epoch.
     """
 
     metric: str
@@ -49,6 +52,7 @@ class TrialSettings:
     gpu_memory_mb: int | None = None
     save_model: bool = True
     seed: int | None = None
+    checkpoint_every: int | None = None
 
 
 def run_trial(
@@ -75,29 +79,45 @@ def run_trial(
         keras.utils.set_random_seed((settings.seed + combination) % 2**31)
     x_train, y_train, x_val, y_val = data
     epochs: list[dict[str, float]] = []
+    resume = _Resume.from_checkpoint(tune.get_checkpoint())
+    # The last epoch of a fit is held back and reported with the totals: a scheduler that
+    # stops trials at their last epoch (max_t) would otherwise cut off the final report.
+    held: list[dict[str, Any]] = []
 
-    def report_epoch(metrics: dict[str, float]) -> None:
+    def report_epoch(metrics: dict[str, float], last_of_fit: bool = False) -> None:
         metrics = with_metric_alias(metrics, settings.metric)
         epochs.append(metrics)
-        tune.report({**metrics, "epoch": len(epochs)})
+        while held:
+            tune.report(held.pop())
+        epoch = resume.epoch + len(epochs)
+        result = {**metrics, "epoch": epoch}
+        every = settings.checkpoint_every
+        if last_of_fit:
+            held.append(result)
+        elif every and epoch % every == 0:
+            with tempfile.TemporaryDirectory(prefix="orchestrator-weights-") as folder:
+                tune.report(result, checkpoint=_Resume.save(folder, resume.model, epoch))
+        else:
+            tune.report(result)
 
     started = time.perf_counter()
-    # A loss that became NaN stays NaN: stopping at once saves the rest of the trial's time.
-    with reporting_fit(keras.callbacks.TerminateOnNaN(), make_epoch_callback(report_epoch)):
+    reporter = make_epoch_callback(report_epoch)
+    with reporting_fit(keras.callbacks.TerminateOnNaN(), reporter, before_fit=resume.restore):
         history, model = model_fn(x_train, y_train, x_val, y_val, dict(config))
     train_seconds = time.perf_counter() - started
 
     history_epochs = _history_epochs(history)
     if not epochs:  # Trained without keras.Model.fit: the history is all there is.
-        for metrics in history_epochs:
-            report_epoch(metrics)
-    final: dict[str, Any] = {**(epochs[-1] if epochs else {})}
+        for number, metrics in enumerate(history_epochs, start=1):
+            report_epoch(metrics, number == len(history_epochs))
+    held.clear()  # The totals carry the held-back epoch's metrics and number.
+    final: dict[str, Any] = {**(epochs[-1] if epochs else {}), "epoch": resume.epoch + len(epochs)}
     if history_epochs:  # The function may have added metrics to its history after fit.
         final.update(with_metric_alias(history_epochs[-1], settings.metric))
     final.update(
         {
             FINAL_RESULT_KEY: 1.0,
-            "epochs_trained": float(len(epochs)),
+            "epochs_trained": float(resume.epoch + len(epochs)),
             "train_seconds": train_seconds,
             **placement(),  # Tune adds the hostname and node_ip itself.
         }
@@ -111,6 +131,47 @@ def run_trial(
         checkpoint = tune.Checkpoint.from_directory(folder) if saved else None
         tune.report(final, checkpoint=checkpoint)
     keras.backend.clear_session()
+
+
+class _Resume:
+    """Where a trial restarted from a checkpoint (population-based training) picks up: the
+    weights to load into the model the function builds, and the epoch to train on from."""
+
+    WEIGHTS = "model.weights.h5"
+    EPOCH = "epoch.txt"
+
+    def __init__(self, folder: Path | None = None, epoch: int = 0) -> None:
+        self.folder = folder
+        self.epoch = epoch
+        self.model: Any = None  # The model being trained, once its fit starts.
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any) -> _Resume:
+        if checkpoint is None:
+            return cls()
+        folder = Path(checkpoint.to_directory())
+        if not (folder / cls.WEIGHTS).is_file():
+            return cls()
+        return cls(folder, int((folder / cls.EPOCH).read_text()))
+
+    def restore(self, model: Any, arguments: dict[str, Any]) -> None:
+        """Called before each ``fit``: remembers the model; on the first fit after a restart,
+        loads the checkpoint's weights and starts at its epoch."""
+        self.model = model
+        if self.folder is None:
+            return
+        model.load_weights(self.folder / self.WEIGHTS)
+        if int(arguments.get("epochs", 1)) > self.epoch:
+            arguments["initial_epoch"] = self.epoch
+        self.folder = None
+
+    @classmethod
+    def save(cls, folder: str, model: Any, epoch: int) -> Any:
+        from ray import tune
+
+        model.save_weights(Path(folder) / cls.WEIGHTS)
+        (Path(folder) / cls.EPOCH).write_text(str(epoch))
+        return tune.Checkpoint.from_directory(folder)
 
 
 def placement() -> dict[str, str]:
