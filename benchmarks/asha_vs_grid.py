@@ -1,0 +1,127 @@
+"""The reference grid trained in full, then under ASHA: best val_exact, epochs, wall time.
+
+    python3 benchmarks/asha_vs_grid.py                 # the 216 combinations, reduced widths
+    python3 benchmarks/asha_vs_grid.py --widths 64 128 256 --rows 5000   # the reference sizes
+
+Both sweeps are the 216 combinations of search_spaces/multibase_addition_reference.yaml (learning
+rate x three layer widths x epochs x batch size); by default with fewer rows and narrower layers
+so that both finish in minutes on two cores. The ASHA sweep is the same file with
+search_spaces/multibase_addition_reference_asha.yaml's schedule. Prints a table and writes it
+into benchmarks/RESULTS.md, replacing this benchmark's earlier section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "search_spaces" / "multibase_addition_reference.yaml"
+ASHA = ROOT / "search_spaces" / "multibase_addition_reference_asha.yaml"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+HEADING = "## ASHA against the full reference grid"
+WIDTHS = ("layer_1_text_input_neuron", "layer_1_base_input_neuron", "concatenated_layer_neuron")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1200, help="rows of data (reference: 5000)")
+    parser.add_argument(
+        "--widths", type=int, nargs=3, default=(16, 32, 64), help="the three layer widths tried"
+    )
+    parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    from orchestrator import load_sweep, run_sweep
+    from orchestrator.tracking import leaderboard
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="asha-bench-") as folder:
+        uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
+        os.environ.setdefault("ORCHESTRATOR_HOME", str(Path(folder) / "home"))
+        for label, source in (("full grid", REFERENCE), ("ASHA", ASHA)):
+            spec = yaml.safe_load(source.read_text())
+            spec["name"] = f"bench-{label.replace(' ', '-').lower()}"
+            spec["data"]["options"]["n_samples"] = args.rows
+            for name in WIDTHS:
+                spec["params"][name] = list(args.widths)
+            path = Path(folder) / f"{spec['name']}.yaml"
+            path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            started = time.perf_counter()
+            result = run_sweep(load_sweep(path), tracking_uri=uri, fresh=True)
+            wall = time.perf_counter() - started
+            table = leaderboard(uri, spec["name"])
+            rows.append(
+                {
+                    "sweep": label,
+                    "trials": len(table),
+                    "stopped": int((table["status"] == "stopped").sum()),
+                    "best val_exact": float(table["val_exact"].max()),
+                    "best val_acc": float(table["val_acc"].max()),
+                    "epochs": int(table["epochs_trained"].sum()),
+                    "wall s": wall,
+                }
+            )
+            print(f"{label}: {result.count('finished')} finished in {wall:.0f} s", file=sys.stderr)
+
+    full, asha = rows
+    lines = [
+        "| sweep | trials | stopped early | best val_exact | best val_acc | epochs trained "
+        "| wall time |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['sweep']} | {r['trials']} | {r['stopped']} | {r['best val_exact']:.3f} "
+            f"| {r['best val_acc']:.3f} | {r['epochs']} | {r['wall s']:.0f} s |"
+            for r in rows
+        ),
+    ]
+    gap = full["best val_exact"] - asha["best val_exact"]
+    share = asha["epochs"] / full["epochs"]
+    verdict = (
+        f"ASHA's best val_exact is {gap:+.3f} below the full grid's (target: within 0.02) "
+        f"with {share:.0%} of its epochs (target: at most a third)."
+    )
+    print("\n".join(lines))
+    print(verdict)
+    if args.write:
+        section = "\n".join(
+            [
+                HEADING,
+                "",
+                f"`python3 benchmarks/asha_vs_grid.py --rows {args.rows} --widths "
+                f"{' '.join(map(str, args.widths))} --write`, on {os.cpu_count()} CPU cores "
+                f"({platform.processor() or platform.machine()}), "
+                f"{time.strftime('%Y-%m-%d')}. The 216 combinations of the reference grid "
+                f"(lr 2 x widths {list(args.widths)} cubed x epochs 3, 5 x batch 16, 32), "
+                f"{args.rows} rows.",
+                "",
+                *lines,
+                "",
+                verdict,
+                "",
+            ]
+        )
+        write_section(section)
+    return 0
+
+
+def write_section(section: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    if HEADING in text:
+        start = text.index(HEADING)
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
