@@ -269,7 +269,7 @@ def _parameter(name: str, spec: Any) -> Parameter:
     kinds = [key for key in spec if key in KINDS]
     unknown = [str(key) for key in spec if key not in KINDS + OPTIONS]
     if unknown or not kinds:
-        guess = difflib.get_close_matches(unknown[0], KINDS + OPTIONS, n=1) if unknown else []
+        guess = unknown and difflib.get_close_matches(unknown[0], KINDS + OPTIONS, cutoff=0.7)
         hint = f" (did you mean '{guess[0]}'?)" if guess else ""
         got = ", ".join(map(str, spec)) or "none"
         raise SearchSpaceError(

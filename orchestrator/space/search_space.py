@@ -27,6 +27,12 @@ def continuous(parameters: Sequence[Parameter]) -> list[str]:
     return [parameter.name for parameter in parameters if parameter.count() is None]
 
 
+def takes_infinitely_many(names: Sequence[str]) -> str:
+    """ "lr takes infinitely many values", or "lr, dropout take ...", for messages."""
+    verb = "takes" if len(names) == 1 else "take"
+    return f"{', '.join(names)} {verb} infinitely many values"
+
+
 def space_size(parameters: Sequence[Parameter]) -> int | None:
     """How many distinct configurations the parameters span; None when a continuous parameter
     makes them infinite.
@@ -68,8 +74,8 @@ def expand(parameters: Sequence[Parameter]) -> list[Configuration]:
     unbounded = continuous(parameters)
     if unbounded:
         raise SearchSpaceError(
-            f"a grid lists every configuration, and {', '.join(unbounded)} take(s) infinitely "
-            "many values; sample instead, like search: {method: random, trials: 20}"
+            f"a grid lists every configuration, and {takes_infinitely_many(unbounded)}; "
+            "sample instead, like search: {method: random, trials: 20}"
         )
     configurations: list[Configuration] = [{}]
     for parameter in in_dependency_order(parameters):

@@ -23,7 +23,7 @@ from orchestrator.errors import (
 from orchestrator.space import grid_size
 from orchestrator.space.distributions import Parameter, ParameterError, parameters
 from orchestrator.space.sampling import METHODS, parameter_combinations
-from orchestrator.space.search_space import continuous, expand, sample
+from orchestrator.space.search_space import continuous, expand, sample, takes_infinitely_many
 from orchestrator.sweep.imports import check_model_signature, check_options, resolve_callable
 from orchestrator.sweep.schema import SECTIONS, SweepSpec
 
@@ -225,9 +225,9 @@ def _check_search_space(sweep: Sweep) -> None:
         raise SweepFileError(
             source,
             "search.method",
-            f"grid (the default) runs every combination, and {', '.join(unbounded)} "
-            "take(s) infinitely many values; use a sampling method with 'trials: N', like "
-            "search: {method: random, trials: 20}",
+            f"grid (the default) runs every combination, and {takes_infinitely_many(unbounded)}"
+            "; use a sampling method with 'trials: N', like search: {method: random, "
+            "trials: 20}",
         )
     if unbounded and search.fraction:
         raise SweepFileError(
