@@ -249,12 +249,20 @@ def check_conditions(parameters: Sequence[Parameter]) -> None:
 
 def in_dependency_order(parameters: Sequence[Parameter]) -> list[Parameter]:
     """The parameters in the file's order, except that each comes after those its condition
-    names (so a configuration can be built front to back). Assumes no cycle."""
+    names (so a configuration can be built front to back).
+
+    Raises:
+        SearchSpaceError: if a condition names a parameter not given, or closes a cycle
+            (:func:`check_conditions` says which).
+    """
     placed: set[str] = set()
     remaining = list(parameters)
     ordered: list[Parameter] = []
     while remaining:
-        ready = next(p for p in remaining if set(p.when) <= placed)
+        ready = next((p for p in remaining if set(p.when) <= placed), None)
+        if ready is None:
+            check_conditions(parameters)
+            raise SearchSpaceError(f"the conditions of {remaining[0].name} cannot be met")
         remaining.remove(ready)
         ordered.append(ready)
         placed.add(ready.name)
@@ -262,7 +270,9 @@ def in_dependency_order(parameters: Sequence[Parameter]) -> list[Parameter]:
 
 
 def _parameter(name: str, spec: Any) -> Parameter:
-    if isinstance(spec, list | tuple):
+    # Not a tuple: in Talos, (10, 40, 3) is a range, and reading it as three values would hide
+    # that; it is refused as a value that is not a number, string or boolean.
+    if isinstance(spec, list):
         return Parameter(name, "choice", values=_choices(spec, "a list"))
     if not isinstance(spec, Mapping):
         return Parameter(name, "choice", values=(_scalar(spec),))
@@ -290,7 +300,7 @@ def _parameter(name: str, spec: Any) -> Parameter:
         return Parameter(name, "choice", values=_choices(spec[kinds[0]], kinds[0]), when=when)
     low, high = _bounds(kind, spec[kind])
     step = _step(kind, spec.get("step"), low, high)
-    log = _log(kind, spec.get("log", False), step if "step" in spec else None, low)
+    log = _log(kind, spec.get("log", False), step, low)
     if kind == "int":
         return Parameter(name, kind, low=low, high=high, step=step or 1, log=log, when=when)
     return Parameter(
