@@ -14,9 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import OrchestratorError
+
+if TYPE_CHECKING:  # The command line imports the rest where a command needs it.
+    from orchestrator.space.distributions import Parameter
+    from orchestrator.sweep.schema import BudgetSpec, ScheduleSpec, SearchSpec
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -129,8 +133,9 @@ def _run(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep)
     sweep.check()
-    trials = len(sweep.combinations())
-    print(f"sweep '{sweep.name}': {trials} trials of a grid of {sweep.grid_size}", file=sys.stderr)
+    trials, size = sweep.planned_trials, sweep.grid_size
+    space = "an infinite space" if size is None else f"a grid of {size}"
+    print(f"sweep '{sweep.name}': {trials} trials of {space}", file=sys.stderr)
     with SweepProgress(trials, sweep.spec.metric, sweep.spec.mode) as progress:
         result = run_sweep(
             sweep,
@@ -184,26 +189,112 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator.space.grid import readable_value
+    from orchestrator.space.search_space import continuous
     from orchestrator.sweep import load_sweep
 
     sweep = load_sweep(args.sweep)
     sweep.check()
-    combinations = sweep.combinations()
-    spec = sweep.spec
+    spec, space = sweep.spec, sweep.parameters()
     print(f"{sweep.source}: valid")
     print(f"  name: {spec.name}   metric: {spec.metric} ({spec.mode})")
-    for name, values in spec.params.items():
-        shown = ", ".join(str(readable_value(value)) for value in values)
-        print(f"  {name}: {len(values)} value(s): {shown}")
-    print(f"  grid size: {sweep.grid_size}   search: {spec.search.method}")
-    print(f"  trials to run: {len(combinations)}")
-    for index, combination in enumerate(combinations[: args.show]):
-        shown = ", ".join(f"{k}={readable_value(v)}" for k, v in combination.items())
-        print(f"    {index}: {shown}")
-    if len(combinations) > args.show:
-        print(f"    ... and {len(combinations) - args.show} more")
+    for parameter in space:
+        print(f"  {parameter.name}: {_described(parameter)}")
+    size = sweep.grid_size
+    shown_size = f"infinite (continuous: {', '.join(continuous(space))})" if size is None else size
+    print(f"  grid size: {shown_size}   search: {_search_described(spec.search)}")
+    if spec.schedule is not None:
+        print(f"  schedule: {_schedule_described(spec.schedule)}")
+    if any(limit is not None for limit in spec.budget.model_dump().values()):
+        print(f"  budget: {_budget_described(spec.budget, spec.metric, spec.mode)}")
+    if spec.search.method == "tpe":
+        print(f"  trials to run: {sweep.planned_trials}")
+        print("    configurations: chosen during the sweep by TPE, from the results so far")
+    else:
+        combinations = sweep.combinations()
+        print(f"  trials to run: {len(combinations)}")
+        for index, combination in enumerate(combinations[: args.show]):
+            shown = ", ".join(f"{k}={_value_shown(v)}" for k, v in combination.items())
+            print(f"    {index}: {shown}")
+        if len(combinations) > args.show:
+            print(f"    ... and {len(combinations) - args.show} more")
+    if spec.schedule is None and (size is None or size > 50):
+        print(
+            f"  tip: a space of {'infinitely many' if size is None else size} combinations "
+            "and no schedule; 'schedule: asha' stops poor trials early and spends the epochs "
+            "on the promising ones"
+        )
     return EXIT_OK
+
+
+def _value_shown(value: Any) -> str:
+    """A parameter's value, a drawn float to six significant digits."""
+    from orchestrator.space.grid import readable_value
+
+    return f"{value:.6g}" if isinstance(value, float) else str(readable_value(value))
+
+
+def _described(parameter: Parameter) -> str:
+    """One parameter for ``validate``: its values or bounds, then its condition."""
+    from orchestrator.space.grid import readable_value
+
+    if parameter.kind == "choice":
+        values = ", ".join(str(readable_value(value)) for value in parameter.values)
+        text = f"{len(parameter.values)} value(s): {values}"
+    else:
+        text = f"{parameter.kind} from {parameter.low:g} to {parameter.high:g}"
+        if parameter.step is not None and not (parameter.kind == "int" and parameter.step == 1):
+            text += f", step {parameter.step:g}"
+        if parameter.kind == "int" and parameter.log:
+            text += ", log-spaced"
+        count = parameter.count()
+        text += " (continuous)" if count is None else f" ({count} values)"
+    if parameter.when:
+        conditions = [
+            f"{name} is {values[0]}"
+            if len(values) == 1
+            else f"{name} is {' or '.join(map(str, values))}"
+            for name, values in parameter.when.items()
+        ]
+        text += f"   only when {' and '.join(conditions)}"
+    return text
+
+
+def _search_described(search: SearchSpec) -> str:
+    words: list[str] = [search.method]
+    if search.trials is not None:
+        words.append(f"{search.trials} trials")
+    if search.fraction is not None:
+        words.append(f"fraction {search.fraction:g}")
+    if search.seed is not None:
+        words.append(f"seed {search.seed}")
+    return ", ".join(words)
+
+
+def _schedule_described(schedule: ScheduleSpec) -> str:
+    if schedule.scheduler == "pbt":
+        words = ["pbt", f"perturbation interval {schedule.perturbation_interval} epoch(s)"]
+        if schedule.mutations:
+            words.append(f"mutations: {', '.join(schedule.mutations)}")
+        return ", ".join(words)
+    words = [schedule.scheduler, f"grace period {schedule.grace_period} epoch(s)"]
+    if schedule.scheduler != "median":
+        words.append(f"reduction factor {schedule.reduction_factor:g}")
+    if schedule.max_epochs is not None:
+        words.append(f"at most {schedule.max_epochs} epochs")
+    return ", ".join(words)
+
+
+def _budget_described(budget: BudgetSpec, metric: str, mode: str) -> str:
+    words = []
+    if budget.trials is not None:
+        words.append(f"at most {budget.trials} trials")
+    if budget.minutes is not None:
+        words.append(f"at most {budget.minutes:g} minutes")
+    if budget.target is not None:
+        words.append(
+            f"until a trial reaches {metric} {'>=' if mode == 'max' else '<='} {budget.target:g}"
+        )
+    return ", ".join(words)
 
 
 def _results(args: argparse.Namespace) -> int:

@@ -12,9 +12,19 @@ from typing import Any
 Params = dict[str, Any]
 
 
-def grid_size(params: Mapping[str, Sequence[Any]]) -> int:
-    """Number of combinations in the grid ``params`` spans."""
-    return math.prod(len(values) for values in params.values())
+def grid_size(params: Mapping[str, Any]) -> int | None:
+    """Number of combinations in the grid ``params`` spans: the product of its lists' lengths.
+
+    Where ``params`` also holds distributions or conditional parameters (see
+    :mod:`orchestrator.space.distributions`), the number of distinct configurations; None when
+    a continuous range makes it infinite.
+    """
+    if all(isinstance(values, list | tuple) for values in params.values()):
+        return math.prod(len(values) for values in params.values())
+    from orchestrator.space.distributions import parameters
+    from orchestrator.space.search_space import space_size
+
+    return space_size(parameters(params))
 
 
 def expand_grid(params: Mapping[str, Sequence[Any]]) -> list[Params]:

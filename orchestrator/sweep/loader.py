@@ -14,9 +14,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.errors import ImportPathError, SweepFileError
-from orchestrator.space import expand_grid, grid_size
+from orchestrator.errors import (
+    ImportPathError,
+    OrchestratorError,
+    SearchSpaceError,
+    SweepFileError,
+)
+from orchestrator.space import grid_size
+from orchestrator.space.distributions import Parameter, ParameterError, parameters
 from orchestrator.space.sampling import METHODS, parameter_combinations
+from orchestrator.space.search_space import continuous, expand, sample, takes_infinitely_many
 from orchestrator.sweep.imports import check_model_signature, check_options, resolve_callable
 from orchestrator.sweep.schema import SECTIONS, SweepSpec
 
@@ -61,22 +68,77 @@ class Sweep:
         )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def parameters(self) -> list[Parameter]:
+        """The sweep's parameters, in the file's order, each with its kind, values or bounds
+        and condition."""
+        return parameters(self.spec.params)
+
     @property
-    def grid_size(self) -> int:
+    def plain(self) -> bool:
+        """Whether every parameter is a plain list of values: a Talos grid, sampled by Talos."""
+        return all(isinstance(values, list) for values in self.spec.params.values())
+
+    @property
+    def grid_size(self) -> int | None:
+        """How many distinct configurations the parameters span (a conditional parameter
+        multiplies only those where its condition holds); None when a continuous distribution
+        makes them infinite."""
         return grid_size(self.spec.params)
 
+    @property
+    def planned_trials(self) -> int:
+        """How many trials the sweep starts, at most: the combinations, or for ``tpe`` its
+        ``search.trials``; either capped by ``budget.trials``."""
+        search, cap = self.spec.search, self.spec.budget.trials
+        if search.method == "tpe":
+            assert search.trials is not None  # The schema makes tpe give a count.
+            return min(search.trials, cap or search.trials)
+        return len(self.combinations())
+
     def combinations(self) -> list[dict[str, Any]]:
-        """The parameter combinations this sweep runs, in the order they are started."""
+        """The parameter combinations this sweep runs, in the order they are started.
+
+        All of the grid, or a sample of it drawn by ``search.method`` and seeded by
+        ``search.seed``; the first ``budget.trials`` of them when the budget caps the trials.
+        Plain lists are sampled by Talos, as ``talos.Scan`` would; distributions and conditional
+        parameters by numpy or ``scipy.stats.qmc`` (see
+        :func:`orchestrator.space.search_space.sample`).
+
+        Raises:
+            OrchestratorError: for method ``tpe``, whose trials are chosen during the sweep.
+            SweepFileError: if the sample cannot be drawn.
+        """
         search = self.spec.search
+        if search.method == "tpe":
+            raise OrchestratorError(
+                f"{self.source}: search.method: tpe chooses each trial during the sweep from "
+                "the results so far; there is no list of combinations to give in advance"
+            )
         if search.method == "grid":
-            return expand_grid(self.spec.params)
-        return parameter_combinations(
-            self.spec.params,
-            METHODS[search.method],
-            fraction_limit=search.fraction,
-            round_limit=search.trials,
-            seed=search.seed,
-        )
+            combinations = expand(self.parameters())
+        elif self.plain:
+            combinations = parameter_combinations(
+                self.spec.params,
+                METHODS[search.method],
+                fraction_limit=search.fraction,
+                round_limit=search.trials,
+                seed=search.seed,
+            )
+        else:
+            combinations = self._sample(self.parameters())
+        return combinations[: self.spec.budget.trials]
+
+    def _sample(self, space: list[Parameter]) -> list[dict[str, Any]]:
+        search = self.spec.search
+        count = search.trials
+        if count is None:  # A fraction of a finite space; sweep_from_mapping checked both.
+            size = grid_size(self.spec.params)
+            assert search.fraction is not None and size is not None
+            count = int(search.fraction * size)
+        try:
+            return sample(space, search.method, count, search.seed)
+        except SearchSpaceError as error:
+            raise SweepFileError(self.source, "search", str(error)) from None
 
     def model_function(self) -> Callable[..., Any]:
         """The model function, imported and checked to take the Talos-style arguments."""
@@ -147,23 +209,51 @@ def sweep_from_mapping(
         text=text if text is not None else yaml.safe_dump(dict(document), sort_keys=False),
         base_dir=(base_dir or Path.cwd()).resolve(),
     )
-    search = spec.search
-    if search.fraction and int(search.fraction * sweep.grid_size) < 1:
+    _check_search_space(sweep)
+    return sweep
+
+
+def _check_search_space(sweep: Sweep) -> None:
+    """The conditions, and the search's size against the space's, checked before any trial."""
+    source, search = sweep.source, sweep.spec.search
+    try:
+        space = sweep.parameters()
+    except ParameterError as error:
+        raise SweepFileError(source, error.field, error.problem) from None
+    unbounded = continuous(space)
+    if unbounded and search.method == "grid":
+        raise SweepFileError(
+            source,
+            "search.method",
+            f"grid (the default) runs every combination, and {takes_infinitely_many(unbounded)}"
+            "; use a sampling method with 'trials: N', like search: {method: random, "
+            "trials: 20}",
+        )
+    if unbounded and search.fraction:
         raise SweepFileError(
             source,
             "search.fraction",
-            f"{search.fraction} of the grid's {sweep.grid_size} combinations is no combination "
-            f"at all; the smallest fraction that runs one is {1 / sweep.grid_size:.4g} "
+            f"a fraction of an infinite space ({', '.join(unbounded)} continuous) is no "
+            "number of trials; give 'trials: N' instead",
+        )
+    size = sweep.grid_size
+    if size is None:
+        return
+    if search.fraction and int(search.fraction * size) < 1:
+        raise SweepFileError(
+            source,
+            "search.fraction",
+            f"{search.fraction} of the grid's {size} combinations is no combination "
+            f"at all; the smallest fraction that runs one is {1 / size:.4g} "
             "(or use 'trials: 1')",
         )
-    if search.trials and search.trials > sweep.grid_size:
+    if search.trials and search.trials > size:
         raise SweepFileError(
             source,
             "search.trials",
-            f"{search.trials} is more than the {sweep.grid_size} combinations of the grid; "
-            f"use at most {sweep.grid_size}, or 'method: grid'",
+            f"{search.trials} is more than the {size} combinations of the grid; "
+            f"use at most {size}, or 'method: grid'",
         )
-    return sweep
 
 
 class _SweepYamlLoader(yaml.SafeLoader):

@@ -137,21 +137,27 @@ class TrackingSpec(_Strict):
 
 
 def _as_values(values: Any) -> Any:
-    """One parameter's values as a list: a list as it is, a range expanded, one value wrapped.
+    """One parameter as the spec keeps it: a list of values, or a distribution's mapping.
 
     `lr: 0.01` is read as the single value it obviously means, never silently dropped;
-    `{start: 10, stop: 40, steps: 3}` is Talos's (10, 40, 3) range, here [10, 20, 30].
+    `{start: 10, stop: 40, steps: 3}` is Talos's (10, 40, 3) range, here [10, 20, 30]; a
+    plain `{choice: [a, b]}` is the list it means. Distributions and conditional parameters
+    (`{loguniform: [0.0001, 0.1]}`, `{int: [1, 8], when: {...}}`) are checked and kept in
+    one canonical form, so two spellings of one space have one fingerprint.
     """
-    if isinstance(values, list):
-        return values
-    if not isinstance(values, dict):
-        return [values]
-    if set(values) != {"start", "stop", "steps"}:
-        raise ValueError(
-            "a range is written {start: 10, stop: 40, steps: 3}; got keys "
-            + ", ".join(map(str, values))
-        )
-    return _expand_range(values["start"], values["stop"], values["steps"])
+    if isinstance(values, dict) and {"start", "stop", "steps"} & set(values):
+        if set(values) != {"start", "stop", "steps"}:
+            raise ValueError(
+                "a range is written {start: 10, stop: 40, steps: 3}; got keys "
+                + ", ".join(map(str, values))
+            )
+        return _expand_range(values["start"], values["stop"], values["steps"])
+    if values == []:
+        return values  # Refused below, with the parameter's name.
+    from orchestrator.space.distributions import canonical
+
+    # A SearchSpaceError is a ValueError: reported at the parameter, like any value error.
+    return canonical(values)
 
 
 def _expand_range(start: Any, stop: Any, steps: Any) -> list[Any]:
@@ -175,11 +181,18 @@ def _expand_range(start: Any, stop: Any, steps: Any) -> list[Any]:
 
 
 #: One parameter's values, however the file writes them; a mistake is reported at its name.
-ParameterValues = Annotated[list[Scalar], BeforeValidator(_as_values)]
+#: A list of values, or a distribution as :func:`orchestrator.space.distributions.canonical`
+#: writes it (read it through :func:`orchestrator.space.distributions.parameters`).
+ParameterValues = Annotated[list[Scalar] | dict[str, Any], BeforeValidator(_as_values)]
 
 
 class SweepSpec(_Strict):
-    """One sweep: a model function, its data, and the values to try for each parameter."""
+    """One sweep: a model function, its data, and the values to try for each parameter.
+
+    ``params`` maps each parameter to a list of values or to a distribution's mapping; read
+    them as :class:`~orchestrator.space.distributions.Parameter` objects through
+    :meth:`orchestrator.sweep.Sweep.parameters`.
+    """
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -218,7 +231,9 @@ class SweepSpec(_Strict):
 
     @field_validator("params")
     @classmethod
-    def _no_empty_lists(cls, value: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+    def _no_empty_lists(
+        cls, value: dict[str, list[Scalar] | dict[str, Any]]
+    ) -> dict[str, list[Scalar] | dict[str, Any]]:
         if not value:
             raise ValueError("names no parameter; give at least one, like {units: [4, 8]}")
         for name, values in value.items():
