@@ -545,8 +545,13 @@ def _tune(
         tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
     )
+    population = plan.schedule is not None and plan.schedule.name == "pbt"
     tuner = tune.Tuner(
         trainable,
+        # PBT refuses searchers: Tune's own generator starts the planned combinations, and the
+        # space it would sample from (never reached: there are as many samples as points) is
+        # each parameter's planned values.
+        param_space=_values_by_parameter(combinations) if population else None,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(plan, combinations, stop, done),
             scheduler=plan.schedule.build(plan.metric, plan.mode) if plan.schedule else None,
@@ -577,6 +582,10 @@ def _searcher(
     the sweep found, never repeating a configuration."""
     from orchestrator.scheduling.searcher import DistinctSearcher, PlannedSearcher
 
+    if plan.schedule is not None and plan.schedule.name == "pbt":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=[dict(c) for c in combinations])
     if not plan.adaptive:
         return PlannedSearcher(combinations, stop)
     import optuna
@@ -598,6 +607,17 @@ def _searcher(
         evaluated_rewards=[value for _, value in told] or None,
     )
     return DistinctSearcher(inner, plan.metric, len(combinations), known, stop)
+
+
+def _values_by_parameter(combinations: list[dict[str, Any]]) -> dict[str, Any]:
+    from ray import tune
+
+    values: dict[str, list[Any]] = {}
+    for combination in combinations:
+        for name, value in combination.items():
+            if value not in values.setdefault(name, []):
+                values[name].append(value)
+    return {name: tune.choice(choices) for name, choices in values.items()}
 
 
 def _scheduler_name(plan: SweepPlan) -> str:

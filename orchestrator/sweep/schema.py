@@ -243,6 +243,16 @@ class SweepSpec(_Strict):
                 raise ValueError("parameter names must be non-empty strings")
         return value
 
+    @model_validator(mode="after")
+    def _pbt_takes_no_searcher(self) -> SweepSpec:
+        pbt = self.schedule is not None and self.schedule.scheduler == "pbt"
+        if pbt and self.search.method == "tpe":
+            raise ValueError(
+                "schedule: pbt evolves its trials' parameters itself and cannot follow "
+                "search method tpe; use grid or a sampling method with pbt"
+            )
+        return self
+
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name

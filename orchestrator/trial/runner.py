@@ -128,6 +128,8 @@ def run_trial(
 
     with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as folder:
         saved = settings.save_model and _save_model(model, Path(folder) / MODEL_FILENAME)
+        if saved and settings.checkpoint_every:  # PBT may copy a finished trial's weights.
+            _Resume.save(folder, model, int(final["epoch"]))
         checkpoint = tune.Checkpoint.from_directory(folder) if saved else None
         tune.report(final, checkpoint=checkpoint)
     keras.backend.clear_session()
