@@ -79,6 +79,32 @@ def test_a_scheduler_stops_poor_trials_and_ranks_them_by_their_last_epoch(
     assert table["epochs_trained"].sum() < len(GOOD + POOR) * EPOCHS
 
 
+def test_population_based_training_copies_good_trials_into_poor_ones(tmp_path, tracking_uri):
+    path = write(
+        tmp_path,
+        "population",
+        f"  lr: [0.05, 0.00001, 0.00002, 0.03]\n  epochs: [{EPOCHS}]",
+        "schedule: {scheduler: pbt, perturbation_interval: 2, mutations: [lr]}",
+    )
+
+    result = run_sweep(load_sweep(path), tracking_uri=tracking_uri)
+
+    client = MlflowClient(tracking_uri)
+    runs = [client.get_run(outcome.run_id) for outcome in result.outcomes]
+    names = {outcome.name for outcome in result.outcomes}
+    copies = [run.data.tags[tags.COPIED_FROM] for run in runs if tags.COPIED_FROM in run.data.tags]
+    assert [o.status for o in result.outcomes] == ["finished"] * 4
+    assert copies, "no trial took another trial's weights"
+    for copy in copies:
+        donor, _, epoch = copy.split("; ")[0].partition(" at epoch ")
+        assert donor in names and 1 <= int(epoch) < EPOCHS, copy
+    for run in runs:
+        steps = [p.step for p in client.get_metric_history(run.info.run_id, "val_acc")]
+        # Copied weights carry on from their epoch: no trial trains again from epoch 1.
+        assert steps.count(1) == 1 and max(steps) == EPOCHS, steps
+        assert run.data.metrics["epochs_trained"] == EPOCHS
+
+
 def test_tpe_is_repeatable_with_a_seed_and_never_trains_a_configuration_twice(
     tmp_path, tracking_uri
 ):

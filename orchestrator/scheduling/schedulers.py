@@ -104,13 +104,6 @@ def schedule_from_spec(
     Raises:
         OrchestratorError: naming the field, for a schedule the parameters cannot support.
     """
-    if spec.scheduler == "pbt":
-        # Known shortcoming: trials Tune pauses restart from epoch 1 instead of their weights,
-        # and checkpoints are deleted before other trials copy them. Refused until fixed.
-        raise OrchestratorError(
-            f"{source}: schedule.scheduler: pbt is not available yet (its trials do not yet "
-            "resume reliably from their checkpoints); use asha, hyperband or median"
-        )
     max_epochs = spec.max_epochs or _largest_epochs(params)
     if max_epochs is None:
         raise OrchestratorError(

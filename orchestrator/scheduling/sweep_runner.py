@@ -566,8 +566,9 @@ def _tune(
             callbacks=[recorder],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=plan.retries),
-            # Restarted trials (PBT, HyperBand) need only their newest weights.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)
+            # PBT copies any trial's recent weights into others; Tune warns that keeping two
+            # or fewer lets it delete one another trial is about to copy.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4)
             if settings.checkpoint_every
             else None,
         ),

@@ -29,3 +29,4 @@ CHECKPOINT = "orchestrator.checkpoint"  # the trial's checkpoint folder, to log 
 RETRIES = "orchestrator.retries"  # how often a trial was started again after failing
 STOPPED_BY = "orchestrator.stopped_by"  # what stopped a trial early (a scheduler, the budget)
 PARAMS_HISTORY = "orchestrator.params_history"  # PBT: the parameters a trial had, by epoch
+COPIED_FROM = "orchestrator.copied_from"  # PBT: whose weights a trial took, at which epoch

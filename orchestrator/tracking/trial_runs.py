@@ -32,6 +32,7 @@ _NOT_METRICS = {
     "config",
     FINAL_RESULT_KEY,
     "should_checkpoint",
+    "copied_at",
 }
 #: MLflow keeps tag values up to this length.
 _TAG_LIMIT = 5000
@@ -57,6 +58,7 @@ class TrialOutcome:
     earlier: bool = False  # finished by an earlier execution of the sweep, not trained now
     params_history: list[dict[str, Any]] = field(default_factory=list)  # PBT's changes
     logged_epoch: int = 0  # the last epoch whose metrics are in MLflow
+    copies: list[str] = field(default_factory=list)  # PBT: the trials whose weights it took
     checkpoint: Any = field(default=None, repr=False)  # Tune's Checkpoint, where it is stored
 
     def score(self, metric: str) -> float:
@@ -166,6 +168,14 @@ class TrialRunRecorder(Callback):
         outcome.metrics = metrics
         outcome.logged_epoch = step
         self._note_new_params(outcome, dict(trial.config), step)
+        if result.get("copied_from"):
+            donor = self._name_of(str(result["copied_from"]))
+            outcome.copies.append(f"{donor} at epoch {int(result.get('copied_at', 0))}")
+            self._set_tags(outcome.run_id, {tags.COPIED_FROM: "; ".join(outcome.copies)})
+
+    def _name_of(self, trial_id: str) -> str:
+        outcome = self.outcomes.get(trial_id)
+        return outcome.name if outcome else trial_id
 
     def _note_new_params(self, outcome: TrialOutcome, params: dict[str, Any], epoch: int) -> None:
         """Population-based training changes a trial's parameters as it goes; MLflow's params

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,13 +92,16 @@ def run_trial(
         while held:
             tune.report(held.pop())
         epoch = resume.epoch + len(epochs)
-        result = {**metrics, "epoch": epoch}
+        result: dict[str, Any] = {**metrics, "epoch": epoch}
+        if len(epochs) == 1 and resume.donor:  # PBT started this trial from another's weights.
+            result.update(copied_from=resume.donor, copied_at=float(resume.epoch))
         every = settings.checkpoint_every
         if last_of_fit:
             held.append(result)
         elif every and epoch % every == 0:
             with tempfile.TemporaryDirectory(prefix="orchestrator-weights-") as folder:
-                tune.report(result, checkpoint=_Resume.save(folder, resume.model, epoch))
+                checkpoint = _Resume.save(folder, resume.model, epoch, result)
+                tune.report(result, checkpoint=checkpoint)
         else:
             tune.report(result)
 
@@ -111,7 +116,8 @@ def run_trial(
         for number, metrics in enumerate(history_epochs, start=1):
             report_epoch(metrics, number == len(history_epochs))
     held.clear()  # The totals carry the held-back epoch's metrics and number.
-    final: dict[str, Any] = {**(epochs[-1] if epochs else {}), "epoch": resume.epoch + len(epochs)}
+    last = epochs[-1] if epochs else resume.metrics  # A copy past its end trains no epoch.
+    final: dict[str, Any] = {**last, "epoch": resume.epoch + len(epochs)}
     if history_epochs:  # The function may have added metrics to its history after fit.
         final.update(with_metric_alias(history_epochs[-1], settings.metric))
     final.update(
@@ -129,7 +135,7 @@ def run_trial(
     with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as folder:
         saved = settings.save_model and _save_model(model, Path(folder) / MODEL_FILENAME)
         if saved and settings.checkpoint_every:  # PBT may copy a finished trial's weights.
-            _Resume.save(folder, model, int(final["epoch"]))
+            _Resume.save(folder, model, int(final["epoch"]), final)
         checkpoint = tune.Checkpoint.from_directory(folder) if saved else None
         tune.report(final, checkpoint=checkpoint)
     keras.backend.clear_session()
@@ -140,11 +146,15 @@ class _Resume:
     weights to load into the model the function builds, and the epoch to train on from."""
 
     WEIGHTS = "model.weights.h5"
-    EPOCH = "epoch.txt"
+    EPOCH = "epoch.json"
 
-    def __init__(self, folder: Path | None = None, epoch: int = 0) -> None:
+    def __init__(
+        self, folder: Path | None = None, epoch: int = 0, metrics: dict[str, float] | None = None
+    ) -> None:
         self.folder = folder
         self.epoch = epoch
+        self.metrics = metrics or {}  # The checkpoint's epoch's metrics.
+        self.donor = ""  # The trial whose weights these are, when not this trial's own.
         self.model: Any = None  # The model being trained, once its fit starts.
 
     @classmethod
@@ -154,7 +164,14 @@ class _Resume:
         folder = Path(checkpoint.to_directory())
         if not (folder / cls.WEIGHTS).is_file():
             return cls()
-        return cls(folder, int((folder / cls.EPOCH).read_text()))
+        state = json.loads((folder / cls.EPOCH).read_text())
+        resume = cls(folder, int(state["epoch"]), state["metrics"])
+        # Tune keeps a trial's checkpoints under a folder named after the trial's id.
+        own = tune_trial_id()
+        donor = re.search(r"_([0-9a-f]{5}_\d{5})_", str(checkpoint.path))
+        if donor and own and donor.group(1) != own:
+            resume.donor = donor.group(1)
+        return resume
 
     def restore(self, model: Any, arguments: dict[str, Any]) -> None:
         """Called before each ``fit``: remembers the model; on the first fit after a restart,
@@ -163,17 +180,28 @@ class _Resume:
         if self.folder is None:
             return
         model.load_weights(self.folder / self.WEIGHTS)
-        if int(arguments.get("epochs", 1)) > self.epoch:
-            arguments["initial_epoch"] = self.epoch
+        # A copy of a trial already past this one's last epoch trains no further.
+        arguments["initial_epoch"] = min(self.epoch, int(arguments.get("epochs", 1)))
         self.folder = None
 
     @classmethod
-    def save(cls, folder: str, model: Any, epoch: int) -> Any:
+    def save(cls, folder: str, model: Any, epoch: int, metrics: dict[str, Any]) -> Any:
         from ray import tune
 
         model.save_weights(Path(folder) / cls.WEIGHTS)
-        (Path(folder) / cls.EPOCH).write_text(str(epoch))
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        state = {"epoch": epoch, "metrics": numbers}
+        (Path(folder) / cls.EPOCH).write_text(json.dumps(state))
         return tune.Checkpoint.from_directory(folder)
+
+
+def tune_trial_id() -> str:
+    from ray import tune
+
+    try:
+        return str(tune.get_context().get_trial_id() or "")
+    except Exception:  # Outside a Tune session.
+        return ""
 
 
 def placement() -> dict[str, str]:
