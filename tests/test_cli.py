@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -261,3 +263,34 @@ def test_ui_on_a_busy_port_says_so_in_one_line(run_output, finished_sweep, capsy
 
     assert code == 2
     assert err.startswith(f"error: --port {port}: 127.0.0.1:{port} cannot be used")
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [("nonsense", "is not a Ray address"), ("127.0.0.1:1", "no Ray cluster answers at")],
+)
+def test_a_ray_address_nothing_answers_at_is_refused_in_one_line(tmp_path, address, says):
+    tests = Path(__file__).parent
+    sweep = tmp_path / "nowhere.yaml"
+    sweep.write_text(
+        f"name: nowhere\nmodel: {tests}/tiny_task.py:classifier\n"
+        f"data: {tests}/tiny_task.py:blobs\nparams: {{units: [4]}}\n"
+    )
+    command = [sys.executable, "-m", "orchestrator.cli.main", "run", str(sweep)]
+    started = time.perf_counter()
+
+    done = subprocess.run(
+        [*command, "--address", address],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert last.startswith("error: --address: ") and says in last, last
+    assert "Traceback" not in done.stderr
+    assert time.perf_counter() - started < 60  # Not Ray's minute of waiting for its GCS.
+    assert not (tmp_path / "mlflow.db").exists()  # Refused before anything was recorded.

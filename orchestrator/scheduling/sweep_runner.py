@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,6 +251,7 @@ def execute(
     from orchestrator.tracking.trial_runs import TrialRunRecorder
 
     started = time.perf_counter()
+    check_address(address)
     if plan.tracking_uri.startswith(("http://", "https://")):
         for name, value in _HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
@@ -471,6 +473,39 @@ def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) 
     for path, text in plan.artifacts.items():
         store.client.log_text(run_id, text, path)
     return run_id
+
+
+def check_address(address: str | None) -> None:
+    """Refuse, within seconds, a Ray address nothing answers at (``ray.init`` would wait a
+    minute and print Ray's own errors). ``auto`` and a running Ray in this process pass.
+
+    Raises:
+        OrchestratorError: naming ``--address`` (or ``RAY_ADDRESS``) and what is accepted.
+    """
+    import socket
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given == "auto":
+        return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
+    source = "--address" if address else "RAY_ADDRESS"
+    target = given.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit() or "/" in target:
+        raise OrchestratorError(
+            f"{source}: '{given}' is not a Ray address; give HOST:PORT of the head node (as "
+            "`ray start --head` prints it), ray://HOST:PORT for Ray Client, or 'auto'"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OrchestratorError(
+            f"{source}: no Ray cluster answers at {target} ({reason.lower()}); start its head "
+            "(`ray start --head --port=PORT`) or leave --address out to start Ray here"
+        ) from None
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:

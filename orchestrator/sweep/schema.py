@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,6 +19,30 @@ from orchestrator.errors import OrchestratorError
 Scalar = str | int | float | bool | None
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Schemes of the MLflow stores a sweep can record into (a bare path is a file store).
+TRACKING_SCHEMES = (
+    "sqlite",
+    "file",
+    "http",
+    "https",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+)
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is no MLflow tracking store, if it is not; None when it may be one."""
+    if "://" not in uri:
+        return None
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme in TRACKING_SCHEMES:
+        return None
+    return (
+        f"'{uri}' is not an MLflow store; use sqlite:///mlflow.db, a folder, "
+        "http(s)://HOST:PORT of an MLflow server, or postgresql://... / mysql://..."
+    )
 
 
 class _Strict(BaseModel):
@@ -135,6 +160,14 @@ class TrackingSpec(_Strict):
     uri: str | None = Field(default=None, min_length=1)
     experiment: str | None = Field(default=None, min_length=1)
 
+    @field_validator("uri")
+    @classmethod
+    def _a_store(cls, value: str | None) -> str | None:
+        problem = tracking_uri_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 def _as_values(values: Any) -> Any:
     """One parameter as the spec keeps it: a list of values, or a distribution's mapping.
@@ -241,6 +274,30 @@ class SweepSpec(_Strict):
                 raise ValueError(f"'{name}' has an empty list; give at least one value")
             if not name:
                 raise ValueError("parameter names must be non-empty strings")
+            if isinstance(values, list):
+                seen: set[tuple[str, str]] = set()
+                for item in values:
+                    key = (type(item).__name__, repr(item))
+                    if key in seen:
+                        raise ValueError(
+                            f"'{name}' lists {item!r} twice; give each value once (a repeat "
+                            "would train the same combination twice)"
+                        )
+                    seen.add(key)
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _a_folder(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "://" in value:
+            raise ValueError(
+                f"'{value}' is a URI; give a folder every node mounts at the same path "
+                "(object stores are not supported yet)"
+            )
+        if Path(value).expanduser().is_file():
+            raise ValueError(f"'{value}' is a file; give a folder")
         return value
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import TrackingError
-from orchestrator.sweep.schema import DEFAULT_TRACKING_URI
+from orchestrator.sweep.schema import DEFAULT_TRACKING_URI, tracking_uri_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -25,6 +25,16 @@ def resolve_tracking_uri(explicit: str | None = None, from_sweep: str | None = N
     leaderboard and the UI use one store whatever directory they later run in.
     """
     uri = explicit or from_sweep or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    problem = tracking_uri_problem(uri)
+    if problem:
+        source = (
+            "--tracking-uri"
+            if explicit
+            else "tracking.uri"
+            if from_sweep
+            else "MLFLOW_TRACKING_URI"
+        )
+        raise TrackingError(f"{source}: {problem}")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = uri.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -57,8 +67,17 @@ class TrackingStore:
         try:
             experiment = self.client.get_experiment_by_name(name)
         except Exception as error:  # MLflow raises many kinds for an unusable URI.
+            from orchestrator.tracking.delivery import is_unreachable
+
+            if is_unreachable(error):
+                raise TrackingError(
+                    f"tracking URI '{self.uri}': no MLflow server answers there; start it, or "
+                    "give another with --tracking-uri"
+                ) from error
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise TrackingError(f"tracking URI '{self.uri}' cannot be used: {first}") from error
+            raise TrackingError(
+                f"tracking URI '{self.uri}' cannot be used: {first[:200]}"
+            ) from error
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
