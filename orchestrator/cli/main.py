@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     _quiet_engines(args.verbose)
+    from orchestrator.scheduling.sweep_runner import HTTP_DEFAULTS
+
+    for name, value in HTTP_DEFAULTS.items():  # A server that is down is said so in seconds.
+        os.environ.setdefault(name, value)
     try:
         return int(args.handler(args))
     except OrchestratorError as error:
@@ -173,7 +177,12 @@ def _run(args: argparse.Namespace) -> int:
     if result.best is not None:
         best = result.best
         value = best.score(sweep.spec.metric)
-        print(f"best: {best.name} {sweep.spec.metric}={value:.4f} (run {best.run_id})")
+        where = (
+            "not in MLflow yet: sent with the rest by `orchestrator sync`"
+            if best.run_id.startswith("pending-")
+            else f"run {best.run_id}"
+        )
+        print(f"best: {best.name} {sweep.spec.metric}={value:.4f} ({where})")
     return EXIT_TRIALS_FAILED if result.failed or result.undelivered else EXIT_OK
 
 

@@ -32,7 +32,7 @@ FLUSH_SECONDS = 30.0
 #: Retries are few and short, so an outage holds up the scheduling of trials for seconds, not
 #: minutes (the journal keeps what the server did not take); and MLflow does not print a link
 #: on the terminal for every run it closes.
-_HTTP_DEFAULTS = {
+HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
@@ -253,7 +253,7 @@ def execute(
     started = time.perf_counter()
     check_address(address)
     if plan.tracking_uri.startswith(("http://", "https://")):
-        for name, value in _HTTP_DEFAULTS.items():
+        for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
     store = TrackingStore(plan.tracking_uri)
     experiment_id = store.experiment_id(plan.experiment)
