@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -181,6 +182,13 @@ def test_a_target_and_a_trial_budget_end_the_sweep_early(tmp_path, tracking_uri)
 
     assert [o.params["lr"] for o in capped.outcomes] == [0.05, 0.04]
     assert len(target.outcomes) < 6
+    # max_concurrent_trials: 1 ran the target sweep's trials one after another.
+    client = MlflowClient(tracking_uri)
+    spans = sorted(
+        (run.info.start_time, run.info.end_time)
+        for run in (client.get_run(o.run_id) for o in target.outcomes)
+    )
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans)), spans
     store = TrackingStore(tracking_uri)
     assert (
         "reached the target 0.5"
