@@ -167,6 +167,8 @@ def _run(args: argparse.Namespace) -> int:
         _print_leaderboard(result.tracking_uri, result.experiment, args.top, result.sweep_run_id)
     failed, diverged = result.count("failed"), result.count("diverged")
     stopped = result.count("stopped")
+    if result.ended_early and not result.ended_early.startswith("metric:"):
+        print(f"\nthe sweep ended early: {result.ended_early}")
     print(
         f"\n{result.count('finished')} finished, "
         + (f"{stopped} stopped early, " if stopped else "")

@@ -125,6 +125,8 @@ class SweepResult:
         closed: trial runs a dead earlier execution left running, now closed as killed.
         undelivered: writes the tracking store did not take; they wait in ``journal``.
         journal: the file keeping undelivered writes until the next run or ``sync``.
+        ended_early: why no further trial started (a target reached, the time budget spent),
+            if the sweep ended before every planned trial ran.
     """
 
     experiment: str
@@ -140,6 +142,7 @@ class SweepResult:
     closed: int = 0
     undelivered: int = 0
     journal: str | None = None
+    ended_early: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
@@ -333,6 +336,7 @@ def execute(
         result.outcomes = list(recorder.outcomes.values())
         result.best = _best(store, result, writer.pending == 0)
         result.wall_seconds = time.perf_counter() - started
+        result.ended_early = stop.reason
         _end_sweep_run(store, writer, result, status, stop.reason, not plan.log_every_model)
         result.undelivered = writer.pending
         result.journal = str(writer.journal.path) if writer.pending else None
