@@ -584,8 +584,31 @@ def _tune(
         tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
     )
+    try:
+        storage_path = _storage_path(plan.storage)
+        _tuner(plan, combinations, trainable, recorder, name, stop, done, storage_path).fit()
+    except (OSError, ValueError) as error:  # An object store that cannot be reached, say.
+        if not plan.storage:
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        message = f"storage: '{plan.storage}' cannot be used: {first[:200]}"
+        raise OrchestratorError(message) from error
+
+
+def _tuner(
+    plan: SweepPlan,
+    combinations: list[dict[str, Any]],
+    trainable: Any,
+    recorder: Any,
+    name: str,
+    stop: _StopRule,
+    done: dict[str, Any],
+    storage_path: str | None,
+) -> Any:
+    from ray import tune
+
     population = plan.schedule is not None and plan.schedule.name == "pbt"
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         # PBT refuses searchers: Tune's own generator starts the planned combinations, and the
         # space it would sample from (never reached: there are as many samples as points) is
@@ -601,18 +624,15 @@ def _tune(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=_storage_path(plan.storage),
+            storage_path=storage_path,
             callbacks=[recorder],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=plan.retries),
             # PBT copies any trial's recent weights into others; Tune warns that keeping two
             # or fewer lets it delete one another trial is about to copy.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=4)
-            if settings.checkpoint_every
-            else None,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4) if population else None,
         ),
     )
-    tuner.fit()
 
 
 def _searcher(

@@ -19,6 +19,8 @@ from orchestrator.errors import OrchestratorError
 Scalar = str | int | float | bool | None
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Object stores Ray can keep the trials' checkpoints in (through pyarrow's file systems).
+STORAGE_SCHEMES = ("s3", "gs", "hdfs", "abfs")
 #: Schemes of the MLflow stores a sweep can record into (a bare path is a file store).
 TRACKING_SCHEMES = (
     "sqlite",
@@ -291,10 +293,12 @@ class SweepSpec(_Strict):
     def _a_folder(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if "://" in value:
+        scheme = value.split("://", 1)[0].lower() if "://" in value else None
+        if scheme is not None and scheme not in STORAGE_SCHEMES:
             raise ValueError(
-                f"'{value}' is a URI; give a folder every node mounts at the same path "
-                "(object stores are not supported yet)"
+                f"'{value}' is no storage Ray can use; give a folder every node mounts at the "
+                "same path, or an object store: "
+                + ", ".join(f"{s}://..." for s in STORAGE_SCHEMES)
             )
         if Path(value).expanduser().is_file():
             raise ValueError(f"'{value}' is a file; give a folder")
