@@ -141,6 +141,15 @@ def _run(args: argparse.Namespace) -> int:
     space = "an infinite space" if size is None else f"a grid of {size}"
     print(f"sweep '{sweep.name}': {trials} trials of {space}", file=sys.stderr)
     with SweepProgress(trials, sweep.spec.metric, sweep.spec.mode) as progress:
+
+        def resumed(result: Any) -> None:
+            progress.say(
+                f"resuming sweep run {result.sweep_run_id}: {result.earlier} of "
+                f"{result.planned} trials were already done and are kept; {result.closed} runs "
+                "left running by a stopped sweep were closed as killed (--fresh trains "
+                "everything again)"
+            )
+
         result = run_sweep(
             sweep,
             address=args.address,
@@ -148,13 +157,7 @@ def _run(args: argparse.Namespace) -> int:
             on_trial_end=progress.trial_ended,
             verbose=args.verbose,
             fresh=args.fresh,
-        )
-    if result.earlier or result.closed:
-        print(
-            f"resumed sweep run {result.sweep_run_id}: {result.earlier} of {result.planned} "
-            f"trials were already done and kept; {result.closed} runs left running by a "
-            "stopped sweep were closed as killed (--fresh trains everything again)",
-            file=sys.stderr,
+            on_resume=resumed,
         )
     if result.undelivered:
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +20,10 @@ class SweepProgress:
         self._best_trial = ""
         self._failed = 0
         self._bar = tqdm(total=total, unit="trial", dynamic_ncols=True, desc="trials")
+
+    def say(self, line: str) -> None:
+        """A line on the terminal above the bar, which stays where it is."""
+        self._bar.write(line, file=sys.stderr)
 
     def trial_ended(self, outcome: Any) -> None:
         value = outcome.score(self._metric)

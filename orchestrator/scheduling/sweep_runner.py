@@ -161,6 +161,7 @@ def run_sweep(
     on_trial_end: Callable[[Any], None] | None = None,
     verbose: bool = False,
     fresh: bool = False,
+    on_resume: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
     """Run every trial of ``sweep`` on Ray Tune and record each in MLflow.
 
@@ -177,6 +178,8 @@ def run_sweep(
             with each trial an earlier execution finished.
         verbose: show the workers' output (the model function's prints) and Ray's logs.
         fresh: start a new execution that trains every combination, instead of resuming.
+        on_resume: called before any trial starts when an earlier execution is resumed, with
+            the result so far (``earlier`` and ``closed`` are known then).
 
     Returns:
         The sweep's outcome; failed trials are counted in it, not raised.
@@ -233,7 +236,9 @@ def run_sweep(
         target=spec.budget.target,
         time_budget=spec.budget.minutes * 60 if spec.budget.minutes else None,
     )
-    return execute(plan, address=address, on_trial_end=on_trial_end, verbose=verbose)
+    return execute(
+        plan, address=address, on_trial_end=on_trial_end, verbose=verbose, on_resume=on_resume
+    )
 
 
 def execute(
@@ -242,6 +247,7 @@ def execute(
     address: str | None = None,
     on_trial_end: Callable[[Any], None] | None = None,
     verbose: bool = False,
+    on_resume: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
     """Run a plan's trials on Ray Tune, one child run each under the sweep's parent run.
 
@@ -281,6 +287,8 @@ def execute(
     )
     if earlier is not None:
         _reopen_sweep_run(store, earlier)
+        if on_resume is not None:
+            on_resume(result)
     else:
         result.sweep_run_id = _start_sweep_run(store, experiment_id, plan)
     sweep_run_id = result.sweep_run_id
