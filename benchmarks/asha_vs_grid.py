@@ -90,9 +90,10 @@ def main() -> int:
     ]
     gap = full["best val_exact"] - asha["best val_exact"]
     share = asha["epochs"] / full["epochs"]
+    side = "below" if gap >= 0 else "above"
     verdict = (
-        f"ASHA's best val_exact is {gap:+.3f} below the full grid's (target: within 0.02) "
-        f"with {share:.0%} of its epochs (target: at most a third)."
+        f"ASHA's best val_exact is {abs(gap):.3f} {side} the full grid's (target: within "
+        f"0.02 below) with {share:.0%} of its epochs (target: at most a third)."
     )
     print("\n".join(lines))
     print(verdict)
