@@ -168,6 +168,12 @@ def test_a_time_budget_stops_running_trials_and_records_them_stopped(tmp_path, t
     assert "time budget" in sweep_run.data.tags[tags.STOPPED_EARLY]
     assert result.best is not None
 
+    again = run_sweep(load_sweep(path), tracking_uri=tracking_uri)
+
+    # Cut short, not judged: running the sweep again trains them again.
+    assert again.sweep_run_id == result.sweep_run_id
+    assert again.earlier == 0 and again.outcomes
+
 
 def test_a_target_and_a_trial_budget_end_the_sweep_early(tmp_path, tracking_uri):
     params = "  lr: [0.05, 0.04, 0.03, 0.02, 0.01, 0.005]\n  epochs: [3]"

@@ -195,11 +195,7 @@ def run_sweep(
     adaptive = spec.search.method == "tpe"
     needs_space = adaptive or (spec.schedule is not None and spec.schedule.scheduler == "pbt")
     parameters = sweep.parameters() if needs_space else []
-    schedule = None
-    if spec.schedule is not None:
-        from orchestrator.scheduling.schedulers import schedule_from_spec
-
-        schedule = schedule_from_spec(spec.schedule, spec.params, parameters, sweep.source)
+    schedule = sweep.schedule()
     limits = [n for n in (spec.search.trials, spec.budget.trials) if n is not None]
     plan = SweepPlan(
         name=sweep.name,
@@ -294,9 +290,6 @@ def execute(
     sweep_run_id = result.sweep_run_id
     _logger.info("sweep '%s': %d trials to run, tracked in %s", plan.name, len(todo), store.uri)
 
-    if plan.time_budget is not None:
-        budget_end = time.time() + plan.time_budget
-        plan.deadline = min(plan.deadline or budget_end, budget_end)
     stop = _StopRule(plan)
 
     def trial_ended(outcome: Any) -> None:
@@ -326,11 +319,19 @@ def execute(
         if todo:
             _init_ray(address, verbose)
             _check_resources(plan)
+            if plan.time_budget is not None:  # Counted from here, as Tune counts it.
+                budget_end = time.time() + plan.time_budget
+                plan.deadline = min(plan.deadline or budget_end, budget_end)
             tune_name = f"{_safe(plan.name)}-{sweep_run_id[:8]}-{executions}"
             _tune(plan, todo, recorder, tune_name, stop, done)
-            if plan.time_budget is not None and time.time() >= (plan.deadline or 0):
-                stop.reason = f"the time budget of {plan.time_budget / 60:g} minutes ran out"
-                recorder.stop_unfinished(stop.reason)
+            unfinished = any(o.status == "running" for o in recorder.outcomes.values())
+            begun = sum(1 for o in recorder.outcomes.values() if not o.earlier)
+            if plan.time_budget is not None and (
+                unfinished or (begun < len(todo) and not stop.reason)
+            ):
+                budget = f"{tags.TIME_BUDGET} of {plan.time_budget / 60:g} minutes ran out"
+                stop.reason = stop.reason or budget
+                recorder.stop_unfinished(budget)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -122,11 +122,18 @@ class Sweep:
                 METHODS[search.method],
                 fraction_limit=search.fraction,
                 round_limit=search.trials,
-                seed=search.seed,
+                seed=self.sample_seed,
             )
         else:
             combinations = self._sample(self.parameters())
         return combinations[: self.spec.budget.trials]
+
+    @property
+    def sample_seed(self) -> int:
+        """The seed of a sampled search: ``search.seed``, or 0. A sample must be the same each
+        time the file is read, or running the sweep again would draw other combinations
+        instead of resuming; another seed draws another sample."""
+        return self.spec.search.seed if self.spec.search.seed is not None else 0
 
     def _sample(self, space: list[Parameter]) -> list[dict[str, Any]]:
         search = self.spec.search
@@ -136,7 +143,7 @@ class Sweep:
             assert search.fraction is not None and size is not None
             count = int(search.fraction * size)
         try:
-            return sample(space, search.method, count, search.seed)
+            return sample(space, search.method, count, self.sample_seed)
         except SearchSpaceError as error:
             raise SweepFileError(self.source, "search", str(error)) from None
 
@@ -162,9 +169,25 @@ class Sweep:
         return function
 
     def check(self) -> None:
-        """Everything that can be checked before a trial starts: imports, signatures, options."""
+        """Everything that can be checked before a trial starts: imports, signatures, options,
+        and whether the schedule suits the parameters."""
         self.model_function()
         self.data_function()
+        self.schedule()
+
+    def schedule(self) -> Any:
+        """The early-stopping schedule, checked against the parameters; None without one.
+
+        Raises:
+            OrchestratorError: naming the ``schedule`` field the parameters cannot support.
+        """
+        spec = self.spec.schedule
+        if spec is None:
+            return None
+        from orchestrator.scheduling.schedulers import schedule_from_spec
+
+        parameters = self.parameters() if spec.scheduler == "pbt" else []
+        return schedule_from_spec(spec, self.spec.params, parameters, self.source)
 
 
 def load_sweep(path: str | Path) -> Sweep:

@@ -70,7 +70,7 @@ class SearchSpec(_Strict):
     method: Literal["grid", "random", "uniform", "sobol", "halton", "latin", "tpe"] = "grid"
     trials: int | None = Field(default=None, gt=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _sample_needs_a_size(self) -> SearchSpec:

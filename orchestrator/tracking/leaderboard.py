@@ -107,7 +107,7 @@ def leaderboard(
     if sort not in table.columns and f"param:{sort}" in table.columns:
         sort = f"param:{sort}"
     if sort not in table.columns:
-        if table["status"].isin(["finished", "stopped"]).any():
+        if (table["status"] == "finished").any():  # A stopped trial may predate any metric.
             shown = ", ".join(c.removeprefix("param:") for c in known)
             raise TrackingError(f"--sort {sort}: no such metric or parameter; columns: {shown}")
         table[sort] = np.nan  # Nothing finished: rank what there is by status.

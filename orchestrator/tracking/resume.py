@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-#: A trial in one of these states is not trained again when its sweep resumes.
+#: A trial in one of these states is not trained again when its sweep resumes; except one the
+#: time budget stopped, which was interrupted rather than judged by a scheduler.
 DONE = ("finished", "stopped", "diverged")
 
 
@@ -117,7 +118,8 @@ def resume(store: TrackingStore, run: Run) -> Resumption:
             found.closed += 1
             continue
         key = trial.data.tags.get(tags.CONFIG_HASH)
-        if key and status in DONE:
+        cut_short = trial.data.tags.get(tags.STOPPED_BY, "").startswith(tags.TIME_BUDGET)
+        if key and status in DONE and not cut_short:
             found.done[key] = trial
     if found.closed:
         _logger.info("closed %d trial runs left running as killed", found.closed)

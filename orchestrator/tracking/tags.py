@@ -28,5 +28,8 @@ EXECUTIONS = "orchestrator.executions"  # how many times the sweep was started (
 CHECKPOINT = "orchestrator.checkpoint"  # the trial's checkpoint folder, to log its model later
 RETRIES = "orchestrator.retries"  # how often a trial was started again after failing
 STOPPED_BY = "orchestrator.stopped_by"  # what stopped a trial early (a scheduler, the budget)
+#: How ``STOPPED_BY`` begins for a trial the time budget cut short: it was interrupted, not
+#: judged, so a resumed sweep trains it again.
+TIME_BUDGET = "the time budget"
 PARAMS_HISTORY = "orchestrator.params_history"  # PBT: the parameters a trial had, by epoch
 COPIED_FROM = "orchestrator.copied_from"  # PBT: whose weights a trial took, at which epoch
