@@ -216,6 +216,9 @@ def _validate(args: argparse.Namespace) -> int:
     size = sweep.grid_size
     shown_size = f"infinite (continuous: {', '.join(continuous(space))})" if size is None else size
     print(f"  grid size: {shown_size}   search: {_search_described(spec.search)}")
+    if spec.repeats > 1:
+        seeds = ", ".join(map(str, sweep.repeat_seeds))
+        print(f"  repeats: {spec.repeats} per combination (seeds {seeds})")
     if spec.schedule is not None:
         print(f"  schedule: {_schedule_described(spec.schedule)}")
     if any(limit is not None for limit in spec.budget.model_dump().values()):
@@ -225,7 +228,8 @@ def _validate(args: argparse.Namespace) -> int:
         print("    configurations: chosen during the sweep by TPE, from the results so far")
     else:
         combinations = sweep.combinations()
-        print(f"  trials to run: {len(combinations)}")
+        repeats = _repeats_described(combinations, spec.repeats)
+        print(f"  trials to run: {len(combinations)}{repeats}")
         for index, combination in enumerate(combinations[: args.show]):
             shown = ", ".join(f"{k}={_value_shown(v)}" for k, v in combination.items())
             print(f"    {index}: {shown}")
@@ -238,6 +242,17 @@ def _validate(args: argparse.Namespace) -> int:
             "on the promising ones"
         )
     return EXIT_OK
+
+
+def _repeats_described(combinations: list[dict[str, Any]], repeats: int) -> str:
+    """How the trials of a sweep with repeats are made up, " (4 combinations x 3 seeds)"."""
+    from orchestrator.space.repeats import SEED, group_hash
+
+    if repeats == 1:
+        return ""
+    seeds = {combination[SEED] for combination in combinations}
+    groups = {group_hash(combination, repeated=True) for combination in combinations}
+    return f" ({len(groups)} combinations x {len(seeds)} seeds)"
 
 
 def _value_shown(value: Any) -> str:
