@@ -1,4 +1,4 @@
-"""``orchestrator run | validate | results | ui | predict``.
+"""``orchestrator run | validate | results | compare | ui | predict``.
 
 This is the only layer that writes to the terminal: the library logs, the command line decides
 what the user sees. User mistakes end with one line on stderr and exit status 2, never a
@@ -93,6 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--sweep-run", help="a particular execution (default: the latest)")
     results.add_argument("--tracking-uri", help="MLflow tracking URI")
     results.set_defaults(handler=_results)
+
+    compare = commands.add_parser(
+        "compare", help="compare the values of one parameter across seeds, with a report"
+    )
+    compare.add_argument("name", help="the sweep's name (its MLflow experiment) or its file")
+    compare.add_argument(
+        "--by", default="architecture", help="the parameter to compare (default: architecture)"
+    )
+    compare.add_argument(
+        "--out", help="folder for the HTML report, figures and csv (default: reports/NAME)"
+    )
+    compare.add_argument("--sweep-run", help="a particular execution (default: the latest)")
+    compare.add_argument("--tracking-uri", help="MLflow tracking URI")
+    compare.set_defaults(handler=_compare)
 
     ui = commands.add_parser("ui", help="serve the MLflow UI over the sweeps' store")
     ui.add_argument("name", nargs="?", help="open on this sweep (name or file)")
@@ -340,6 +354,27 @@ def _results(args: argparse.Namespace) -> int:
         print(table.to_csv(index=False), end="")
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    uri, experiment = _locate(args.name, args.tracking_uri)
+    from orchestrator.reports import compare_sweep
+    from orchestrator.reports.report import REPORT_FILE, displayed
+
+    result = compare_sweep(uri, experiment, args.by, args.out, args.sweep_run)
+    direction = "higher is better" if result.mode == "max" else "lower is better"
+    print(
+        f"{result.sweep}: {result.by} compared by {result.metric} ({direction}) over "
+        f"{result.trials} trials; each value's best configuration, mean over seeds with its "
+        "95% t-interval"
+    )
+    print(displayed(result.table, result.by).to_string(index=False))
+    print(f"\n{result.verdict}")
+    where = f"\nreport: {result.folder / REPORT_FILE}"
+    if result.logged:
+        where += f" (also on sweep run {result.sweep_run_id}, under compare/)"
+    print(where)
     return EXIT_OK
 
 
