@@ -391,7 +391,8 @@ def _ui(args: argparse.Namespace) -> int:
         from orchestrator.tracking import TrackingStore
 
         experiment_id = TrackingStore(uri).experiment_id(experiment, create=False)
-        address += f"/#/experiments/{experiment_id}"
+        # The experiment's runs: its bare page opens on MLflow's GenAI overview instead.
+        address += f"/#/experiments/{experiment_id}/runs"
     print(f"MLflow UI on {address} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]

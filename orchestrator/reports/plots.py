@@ -29,6 +29,7 @@ def learning_curves(
         histories: for each value of ``by``, each of its runs' ``(epoch, value)`` points.
     """
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     figure = _figure(7.0, 4.2)
     axes = figure.subplots()
@@ -46,6 +47,7 @@ def learning_curves(
         colour = f"C{index}"
         axes.plot(epochs, means, marker="o", color=colour, label=f"{value} ({len(runs)} runs)")
         axes.fill_between(epochs, means - spread, means + spread, color=colour, alpha=0.2)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch by {by}: mean over runs, band ±1 standard deviation")

@@ -234,7 +234,8 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222;
        padding: 0 1rem; }}
 table {{ border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0; }}
-th, td {{ padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; text-align: right; }}
+th, td {{ padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; text-align: right;
+          white-space: nowrap; }}
 th {{ background: #f3f3f3; }}
 td:first-child, th:first-child, td:last-child, th:last-child {{ text-align: left; }}
 .verdict {{ background: #f6f8fa; border-left: 4px solid #4c72b0; padding: 0.7rem 1rem; }}
