@@ -50,24 +50,25 @@ def learning_curves(
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
-    axes.set_title(f"{metric} per epoch by {by}: mean over runs, band ±1 standard deviation")
+    axes.set_title(f"{metric} per epoch: mean, band ±1 sd across runs", fontsize="medium")
     axes.legend(title=by)
     axes.grid(alpha=0.3)
     return _png(figure)
 
 
 def metric_by_parameter(
-    trials: pd.DataFrame, by: str, metric: str, parameters: Sequence[str]
+    trials: pd.DataFrame, by: str, metric: str, parameters: Sequence[str], order: Sequence[Any]
 ) -> bytes | None:
     """The metric of every trial against each of ``parameters``, a panel each, coloured by the
-    value of ``by``, with the mean at each parameter value joined by a line."""
+    value of ``by`` (in ``order``, the colours of the other figures), with the mean at each
+    parameter value joined by a line."""
     if not parameters or metric not in trials:
         return None
     columns = min(3, len(parameters))
     rows = math.ceil(len(parameters) / columns)
-    figure = _figure(4.2 * columns, 3.4 * rows)
+    figure = _figure(max(6.0, 4.2 * columns), 3.6 * rows)
     panels = figure.subplots(rows, columns, squeeze=False).ravel()
-    values_of_by = list(dict.fromkeys(trials[f"param:{by}"]))
+    values_of_by = list(order)
     for panel, name in zip(panels, parameters, strict=False):
         positions, labels = _positions(trials[f"param:{name}"])
         for index, value in enumerate(values_of_by):
@@ -85,7 +86,7 @@ def metric_by_parameter(
     for panel in panels[len(parameters) :]:
         panel.set_visible(False)
     panels[0].legend(title=by, fontsize="small")
-    figure.suptitle(f"{metric} against each varied parameter (points: trials; lines: means)")
+    figure.suptitle(f"{metric} by parameter: trials as points, means joined", fontsize="medium")
     return _png(figure)
 
 
@@ -131,7 +132,7 @@ def parallel_coordinates(
         axes.spines[side].set_visible(False)
     mappable = mpl.cm.ScalarMappable(mpl.colors.Normalize(low, high), colours)
     figure.colorbar(mappable, ax=axes, label=metric)
-    axes.set_title(f"parameters to {metric}, one line per trial")
+    axes.set_title(f"parameters to {metric}, one line per trial", fontsize="medium")
     return _png(figure)
 
 
@@ -150,7 +151,7 @@ def distribution(trials: pd.DataFrame, by: str, metric: str, order: Sequence[Any
     axes.set_xticks(range(1, len(order) + 1), [str(value) for value in order])
     axes.set_xlabel(by)
     axes.set_ylabel(metric)
-    axes.set_title(f"{metric} of every healthy trial, by {by}")
+    axes.set_title(f"{metric} of every healthy trial, by {by}", fontsize="medium")
     axes.grid(alpha=0.3, axis="y")
     return _png(figure)
 

@@ -100,22 +100,27 @@ def compare_sweep(
         value: [histories[r] for r in healthy.loc[healthy[f"param:{by}"] == value, "run_id"]]
         for value in order
     }
-    varied = compare.varied_parameters(trials, sweep.parameters)
+    others = sorted(p for p in compare.varied_parameters(trials, sweep.parameters) if p != by)
     figures = {
         "learning_curves.png": (
-            f"Learning curves: {sweep.metric} per epoch by {by}",
+            f"Learning curves: {sweep.metric} per epoch by {by}, the mean over each value's "
+            "healthy trials (all configurations and seeds) with a band of one standard "
+            "deviation",
             plots.learning_curves(by_value, by, sweep.metric),
         ),
         "metric_by_parameter.png": (
-            f"{sweep.metric} against each varied parameter",
-            plots.metric_by_parameter(healthy, by, sweep.metric, [p for p in varied if p != by]),
+            f"{sweep.metric} against each varied parameter: every healthy trial a point, "
+            f"coloured by {by}, the means at each value joined",
+            plots.metric_by_parameter(healthy, by, sweep.metric, others, order),
         ),
         "parallel_coordinates.png": (
-            f"Parallel coordinates: parameters to {sweep.metric}",
-            plots.parallel_coordinates(healthy, sweep.metric, varied),
+            f"Parallel coordinates: each healthy trial a line through its parameters to its "
+            f"{sweep.metric}, coloured by {sweep.metric}",
+            plots.parallel_coordinates(healthy, sweep.metric, [by, *others]),
         ),
         "distribution.png": (
-            f"Distribution of {sweep.metric} by {by}",
+            f"Distribution of {sweep.metric} by {by}: box of quartiles, every healthy trial a "
+            "point",
             plots.distribution(healthy, by, sweep.metric, order),
         ),
     }
@@ -231,13 +236,15 @@ _PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222;
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 90rem; color: #222;
        padding: 0 1rem; }}
 table {{ border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0; }}
 th, td {{ padding: 0.3rem 0.7rem; border-bottom: 1px solid #ddd; text-align: right;
           white-space: nowrap; }}
 th {{ background: #f3f3f3; }}
 td:first-child, th:first-child, td:last-child, th:last-child {{ text-align: left; }}
+td:last-child {{ white-space: normal; min-width: 14rem; }}
+.wide {{ overflow-x: auto; }}
 .verdict {{ background: #f6f8fa; border-left: 4px solid #4c72b0; padding: 0.7rem 1rem; }}
 figure {{ margin: 2rem 0; }}
 figure img {{ max-width: 100%; }}
@@ -254,7 +261,7 @@ figcaption {{ color: #555; font-size: 0.9rem; }}
 the seeds and the 95% t-interval of that mean. The median is over all the value's
 configurations; times are means over its healthy trials; failed and diverged trials are counted,
 never averaged.</p>
-{table}
+<div class="wide">{table}</div>
 <p class="verdict">{verdict}</p>
 <h2>Figures</h2>
 {figures}
