@@ -142,7 +142,7 @@ class Sweep:
     @property
     def first_repeat_seed(self) -> int:
         """The seed of each combination's first repeat: ``search.seed``, or 0."""
-        return self.spec.search.seed if self.spec.search.seed is not None else 0
+        return self.sample_seed
 
     @property
     def repeat_seeds(self) -> list[int]:
