@@ -1,4 +1,4 @@
-"""``orchestrator run | validate | results | ui | predict``.
+"""``orchestrator run | validate | results | compare | ui | predict``.
 
 This is the only layer that writes to the terminal: the library logs, the command line decides
 what the user sees. User mistakes end with one line on stderr and exit status 2, never a
@@ -93,6 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--sweep-run", help="a particular execution (default: the latest)")
     results.add_argument("--tracking-uri", help="MLflow tracking URI")
     results.set_defaults(handler=_results)
+
+    compare = commands.add_parser(
+        "compare", help="compare the values of one parameter across seeds, with a report"
+    )
+    compare.add_argument("name", help="the sweep's name (its MLflow experiment) or its file")
+    compare.add_argument(
+        "--by", default="architecture", help="the parameter to compare (default: architecture)"
+    )
+    compare.add_argument(
+        "--out", help="folder for the HTML report, figures and csv (default: reports/NAME)"
+    )
+    compare.add_argument("--sweep-run", help="a particular execution (default: the latest)")
+    compare.add_argument("--tracking-uri", help="MLflow tracking URI")
+    compare.set_defaults(handler=_compare)
 
     ui = commands.add_parser("ui", help="serve the MLflow UI over the sweeps' store")
     ui.add_argument("name", nargs="?", help="open on this sweep (name or file)")
@@ -216,6 +230,9 @@ def _validate(args: argparse.Namespace) -> int:
     size = sweep.grid_size
     shown_size = f"infinite (continuous: {', '.join(continuous(space))})" if size is None else size
     print(f"  grid size: {shown_size}   search: {_search_described(spec.search)}")
+    if spec.repeats > 1:
+        seeds = ", ".join(map(str, sweep.repeat_seeds))
+        print(f"  repeats: {spec.repeats} per combination (seeds {seeds})")
     if spec.schedule is not None:
         print(f"  schedule: {_schedule_described(spec.schedule)}")
     if any(limit is not None for limit in spec.budget.model_dump().values()):
@@ -225,7 +242,8 @@ def _validate(args: argparse.Namespace) -> int:
         print("    configurations: chosen during the sweep by TPE, from the results so far")
     else:
         combinations = sweep.combinations()
-        print(f"  trials to run: {len(combinations)}")
+        repeats = _repeats_described(combinations, spec.repeats)
+        print(f"  trials to run: {len(combinations)}{repeats}")
         for index, combination in enumerate(combinations[: args.show]):
             shown = ", ".join(f"{k}={_value_shown(v)}" for k, v in combination.items())
             print(f"    {index}: {shown}")
@@ -238,6 +256,17 @@ def _validate(args: argparse.Namespace) -> int:
             "on the promising ones"
         )
     return EXIT_OK
+
+
+def _repeats_described(combinations: list[dict[str, Any]], repeats: int) -> str:
+    """How the trials of a sweep with repeats are made up, " (4 combinations x 3 seeds)"."""
+    from orchestrator.space.repeats import SEED, group_hash
+
+    if repeats == 1:
+        return ""
+    seeds = {combination[SEED] for combination in combinations}
+    groups = {group_hash(combination, repeated=True) for combination in combinations}
+    return f" ({len(groups)} combinations x {len(seeds)} seeds)"
 
 
 def _value_shown(value: Any) -> str:
@@ -328,6 +357,27 @@ def _results(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    uri, experiment = _locate(args.name, args.tracking_uri)
+    from orchestrator.reports import compare_sweep
+    from orchestrator.reports.report import REPORT_FILE, displayed
+
+    result = compare_sweep(uri, experiment, args.by, args.out, args.sweep_run)
+    direction = "higher is better" if result.mode == "max" else "lower is better"
+    print(
+        f"{result.sweep}: {result.by} compared by {result.metric} ({direction}) over "
+        f"{result.trials} trials; each value's best configuration, mean over seeds with its "
+        "95% t-interval"
+    )
+    print(displayed(result.table, result.by).to_string(index=False))
+    print(f"\n{result.verdict}")
+    where = f"\nreport: {result.folder / REPORT_FILE}"
+    if result.logged:
+        where += f" (also on sweep run {result.sweep_run_id}, under compare/)"
+    print(where)
+    return EXIT_OK
+
+
 def _ui(args: argparse.Namespace) -> int:
     if args.name:
         uri, experiment = _locate(args.name, args.tracking_uri)
@@ -341,7 +391,8 @@ def _ui(args: argparse.Namespace) -> int:
         from orchestrator.tracking import TrackingStore
 
         experiment_id = TrackingStore(uri).experiment_id(experiment, create=False)
-        address += f"/#/experiments/{experiment_id}"
+        # The experiment's runs: its bare page opens on MLflow's GenAI overview instead.
+        address += f"/#/experiments/{experiment_id}/runs"
     print(f"MLflow UI on {address} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]

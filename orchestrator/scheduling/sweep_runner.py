@@ -39,6 +39,15 @@ HTTP_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
+#: What every trial's run holds besides its model's metrics.
+TRIAL_TOTALS = (
+    "epochs_trained",
+    "train_seconds",
+    "trial_seconds",
+    "model_weights",
+    "diverged_epoch",
+)
+
 
 class MetricNotReportedError(OrchestratorError, ValueError):
     """The sweep ranks by a metric its model never reports (found after the first trial)."""
@@ -77,6 +86,8 @@ class SweepPlan:
         trials: how many trials an adaptive search starts, in all of the sweep's executions.
         time_budget: seconds after which running trials are stopped (recorded as stopped)
             and no other starts.
+        repeats: how many seeds each combination is trained with; above 1, ``combinations``
+            hold each repeat's seed (see :mod:`orchestrator.space.repeats`).
     """
 
     name: str
@@ -107,6 +118,7 @@ class SweepPlan:
     parameters: list[Any] = field(default_factory=list)
     trials: int | None = None
     time_budget: float | None = None
+    repeats: int = 1
 
 
 @dataclass
@@ -231,6 +243,7 @@ def run_sweep(
         trials=min(limits) if adaptive and limits else None,
         target=spec.budget.target,
         time_budget=spec.budget.minutes * 60 if spec.budget.minutes else None,
+        repeats=spec.repeats,
     )
     return execute(
         plan, address=address, on_trial_end=on_trial_end, verbose=verbose, on_resume=on_resume
@@ -282,7 +295,7 @@ def execute(
         closed=earlier.closed if earlier else 0,
     )
     if earlier is not None:
-        _reopen_sweep_run(store, earlier)
+        _reopen_sweep_run(store, earlier, plan)
         if on_resume is not None:
             on_resume(result)
     else:
@@ -310,6 +323,8 @@ def execute(
         earlier=earlier_outcomes,
         first_index=earlier.created if earlier else 0,
         stopped_by=lambda: stop.reason or _scheduler_name(plan),
+        repeated=plan.repeats > 1,
+        seed=plan.seed,
     )
     for outcome in earlier_outcomes:
         trial_ended(outcome)
@@ -368,7 +383,7 @@ def _earlier_execution(store: TrackingStore, experiment_id: str, plan: SweepPlan
     return resume(store, run)
 
 
-def _reopen_sweep_run(store: TrackingStore, earlier: Any) -> None:
+def _reopen_sweep_run(store: TrackingStore, earlier: Any, plan: SweepPlan) -> None:
     from mlflow.entities import RunTag
 
     from orchestrator.tracking.resume import driver_id
@@ -383,6 +398,7 @@ def _reopen_sweep_run(store: TrackingStore, earlier: Any) -> None:
         tags=[
             RunTag(tags.DRIVER, driver_id()),
             RunTag(tags.EXECUTIONS, str(earlier.executions + 1)),
+            RunTag(tags.REPEATS, str(plan.repeats)),  # Raising it resumes the same sweep.
         ],
     )
 
@@ -401,8 +417,7 @@ class _StopRule:
         # Checked on a finished trial, not an epoch: a function may add its metric after fit.
         if outcome.status == "finished" and metric not in outcome.metrics:
             if self.missing_metric is None:
-                totals = {"epochs_trained", "train_seconds", "trial_seconds", "diverged_epoch"}
-                reported = ", ".join(sorted(set(outcome.metrics) - totals))
+                reported = ", ".join(sorted(set(outcome.metrics) - set(TRIAL_TOTALS)))
                 self.missing_metric = (
                     f"metric: no trial reports '{metric}'; the model reports: {reported}"
                 )
@@ -455,6 +470,7 @@ def _start_sweep_run(store: TrackingStore, experiment_id: str, plan: SweepPlan) 
         tags.SWEEP_NAME: plan.name,
         tags.METRIC: plan.metric,
         tags.MODE: plan.mode,
+        tags.REPEATS: str(plan.repeats),
         **{key: value for key, value in plan.record.items() if key.startswith("orchestrator.")},
     }
     if plan.description:
@@ -588,6 +604,7 @@ def _tune(
         gpu_memory_mb=plan.gpu_memory_mb,
         seed=plan.seed,
         checkpoint_every=plan.schedule.checkpoint_every if plan.schedule else None,
+        repeated=plan.repeats > 1,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=plan.data, model_fn=plan.model_fn, settings=settings),
@@ -739,8 +756,23 @@ def _end_sweep_run(
             log_model(writer, best)
         summary = {name: str(readable_value(value)) for name, value in best.params.items()}
         writer.log_dict(result.sweep_run_id, summary, "best_params.json")
+    if not writer.pending:  # The table is read back from the store, so it must be complete.
+        _log_leaderboard(store, writer, result)
     writer.log_batch(result.sweep_run_id, metrics=metrics, tags=run_tags)
     writer.set_terminated(result.sweep_run_id, status)
+
+
+def _log_leaderboard(store: TrackingStore, writer: Any, result: SweepResult) -> None:
+    """Every trial of the sweep, ranked, as ``leaderboard.csv`` on the sweep's run."""
+    from orchestrator.errors import TrackingError
+    from orchestrator.tracking.leaderboard import leaderboard
+
+    try:
+        table = leaderboard(store.uri, result.experiment, sweep_run_id=result.sweep_run_id)
+    except TrackingError as error:  # No trial reports the metric: said after the sweep.
+        _logger.warning("no leaderboard logged: %s", error)
+        return
+    writer.log_text(result.sweep_run_id, table.to_csv(index=False), tags.LEADERBOARD_ARTIFACT)
 
 
 def _storage_path(storage: str | None) -> str | None:

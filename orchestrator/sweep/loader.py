@@ -22,6 +22,7 @@ from orchestrator.errors import (
 )
 from orchestrator.space import grid_size
 from orchestrator.space.distributions import Parameter, ParameterError, parameters
+from orchestrator.space.repeats import repeat_seeds, with_repeats
 from orchestrator.space.sampling import METHODS, parameter_combinations
 from orchestrator.space.search_space import continuous, expand, sample, takes_infinitely_many
 from orchestrator.sweep.imports import check_model_signature, check_options, resolve_callable
@@ -55,7 +56,11 @@ class Sweep:
         """A hash of what decides the sweep's results: the model, the data, the parameters,
         the search, the schedule and the metric; not where or how fast it runs (resources, the
         tracking URI, the storage path, retries, the budget) nor its description. Re-running a
-        file edited only in those resumes the same sweep."""
+        file edited only in those resumes the same sweep.
+
+        The number of repeats is left out too, so raising it resumes the sweep and trains only
+        the new seeds; whether there are repeats at all counts, since a trial without repeats
+        has no seed in its identity."""
         canonical = self.spec.model_dump_json(
             exclude={
                 "description": True,
@@ -63,9 +68,12 @@ class Sweep:
                 "storage": True,
                 "retries": True,
                 "budget": True,
+                "repeats": True,
                 "tracking": {"uri"},
             }
         )
+        if self.spec.repeats > 1:
+            canonical += "|repeated"
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def parameters(self) -> list[Parameter]:
@@ -96,10 +104,12 @@ class Sweep:
         return len(self.combinations())
 
     def combinations(self) -> list[dict[str, Any]]:
-        """The parameter combinations this sweep runs, in the order they are started.
+        """The trials this sweep runs, one configuration each, in the order they are started.
 
         All of the grid, or a sample of it drawn by ``search.method`` and seeded by
-        ``search.seed``; the first ``budget.trials`` of them when the budget caps the trials.
+        ``search.seed``; with ``repeats``, each combination once per seed (see
+        :attr:`repeat_seeds`), its configuration holding the seed under ``seed``; the first
+        ``budget.trials`` of them when the budget caps the trials.
         Plain lists are sampled by Talos, as ``talos.Scan`` would; distributions and conditional
         parameters by numpy or ``scipy.stats.qmc`` (see
         :func:`orchestrator.space.search_space.sample`).
@@ -126,7 +136,18 @@ class Sweep:
             )
         else:
             combinations = self._sample(self.parameters())
+        combinations = with_repeats(combinations, self.spec.repeats, self.first_repeat_seed)
         return combinations[: self.spec.budget.trials]
+
+    @property
+    def first_repeat_seed(self) -> int:
+        """The seed of each combination's first repeat: ``search.seed``, or 0."""
+        return self.sample_seed
+
+    @property
+    def repeat_seeds(self) -> list[int]:
+        """The seeds every combination is trained with (one each when there are no repeats)."""
+        return repeat_seeds(self.spec.repeats, self.first_repeat_seed)
 
     @property
     def sample_seed(self) -> int:

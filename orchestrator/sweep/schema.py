@@ -243,6 +243,7 @@ class SweepSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str | None = Field(default=None, min_length=1)
     retries: int = Field(default=0, ge=0)
+    repeats: int = Field(default=1, ge=1)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -311,6 +312,29 @@ class SweepSpec(_Strict):
             raise ValueError(
                 "schedule: pbt evolves its trials' parameters itself and cannot follow "
                 "search method tpe; use grid or a sampling method with pbt"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _repeats_fit_the_search(self) -> SweepSpec:
+        from orchestrator.space.repeats import SEED
+
+        if self.repeats == 1:
+            return self
+        if self.search.method == "tpe":
+            raise ValueError(
+                "repeats: tpe chooses each trial from the results so far and cannot repeat "
+                "them; use grid or a sampling method with repeats"
+            )
+        if self.schedule is not None and self.schedule.scheduler == "pbt":
+            raise ValueError(
+                "repeats: pbt copies weights between its trials, so its repeats would not be "
+                "independent; use another schedule, or none, with repeats"
+            )
+        if SEED in self.params:
+            raise ValueError(
+                f"repeats: each repeat's seed is passed as '{SEED}', and params already has a "
+                f"parameter '{SEED}'; rename it, or drop repeats"
             )
         return self
 

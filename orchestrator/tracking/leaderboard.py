@@ -175,7 +175,7 @@ def _order_columns(table: pd.DataFrame, sort: str) -> pd.DataFrame:
     ordered = table[first + params + rest].rename(
         columns={c: c.removeprefix("param:") for c in params}
     )
-    for column in ("epochs_trained", "diverged_epoch"):  # Counts, not measurements.
+    for column in ("epochs_trained", "diverged_epoch", "model_weights"):  # Counts.
         if column in ordered:
             ordered[column] = ordered[column].round().astype("Int64")
     ordered.attrs["parameters"] = [c.removeprefix("param:") for c in params]

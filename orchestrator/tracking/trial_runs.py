@@ -18,6 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from orchestrator.space import config_hash
 from orchestrator.space.grid import readable_value
+from orchestrator.space.repeats import SEED, group_hash
 from orchestrator.tracking import tags
 from orchestrator.tracking.delivery import RunWriter
 from orchestrator.trial.runner import FINAL_RESULT_KEY, MODEL_FILENAME
@@ -85,6 +86,9 @@ class TrialRunRecorder(Callback):
             ranked with this execution's.
         first_index: the number of the first trial run created now (runs are numbered across
             the sweep's executions).
+        repeated: the sweep repeats each combination with several seeds; each configuration
+            holds its seed, and runs of one combination share the tag ``orchestrator.group``.
+        seed: the sweep's seed, recorded on each run when it has no repeat seed of its own.
     """
 
     def __init__(
@@ -99,6 +103,8 @@ class TrialRunRecorder(Callback):
         earlier: list[TrialOutcome] | None = None,
         first_index: int = 0,
         stopped_by: Callable[[], str] = lambda: "the scheduler",
+        repeated: bool = False,
+        seed: int | None = None,
     ) -> None:
         self._writer = writer
         self._experiment_id = experiment_id
@@ -109,6 +115,8 @@ class TrialRunRecorder(Callback):
         self._log_every_model = log_every_model
         self._next_index = first_index
         self._stopped_by = stopped_by
+        self._repeated = repeated
+        self._seed = seed
         self.outcomes: dict[str, TrialOutcome] = {
             f"earlier:{outcome.run_id}": outcome for outcome in earlier or []
         }
@@ -130,19 +138,20 @@ class TrialRunRecorder(Callback):
         prefix = str(readable_value(params.get("architecture", "trial")))
         name = f"{prefix}-{self._next_index:04d}"
         self._next_index += 1
-        run_id = self._writer.create_run(
-            self._experiment_id,
-            run_name=name,
-            tags={
-                tags.PARENT_RUN_ID: self._sweep_run_id,
-                tags.SWEEP_RUN_ID: self._sweep_run_id,
-                tags.SWEEP_NAME: self._sweep_name,
-                tags.KIND: "trial",
-                tags.TRIAL_ID: trial.trial_id,
-                tags.CONFIG_HASH: config_hash(params),
-                tags.STATUS: "running",
-            },
-        )
+        run_tags = {
+            tags.PARENT_RUN_ID: self._sweep_run_id,
+            tags.SWEEP_RUN_ID: self._sweep_run_id,
+            tags.SWEEP_NAME: self._sweep_name,
+            tags.KIND: "trial",
+            tags.TRIAL_ID: trial.trial_id,
+            tags.CONFIG_HASH: config_hash(params),
+            tags.GROUP: group_hash(params, self._repeated),
+            tags.STATUS: "running",
+        }
+        seed = params.get(SEED) if self._repeated else self._seed
+        if seed is not None:
+            run_tags[tags.SEED] = str(seed)
+        run_id = self._writer.create_run(self._experiment_id, run_name=name, tags=run_tags)
         self._writer.log_batch(
             run_id,
             params=[Param(name, str(readable_value(value))) for name, value in params.items()],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.space.grid import config_hash
+from orchestrator.space.repeats import SEED, training_seed, without_seed
 from orchestrator.trial.reporting import (
     first_nan_epoch,
     make_epoch_callback,
@@ -43,6 +43,9 @@ class TrialSettings:
         save_model: whether to save the returned model in the trial's checkpoint.
         seed: when given, each trial seeds Python, numpy and TensorFlow from it and its own
             combination, so re-running a sweep trains the same models.
+        repeated: the sweep repeats each combination; a trial's configuration then carries
+            its repeat's seed (under ``seed``), which seeds it instead of ``seed`` and is not
+            passed to the model function.
         checkpoint_every: save the model's weights with every N-th epoch's report, for
             population-based training, which copies a good trial's weights into a poor one;
             a trial started from such a checkpoint trains on from its epoch.
@@ -55,6 +58,7 @@ class TrialSettings:
     save_model: bool = True
     seed: int | None = None
     checkpoint_every: int | None = None
+    repeated: bool = False
 
 
 def run_trial(
@@ -76,9 +80,11 @@ def run_trial(
     import keras
 
     keras.backend.clear_session()
-    if settings.seed is not None:
-        combination = int(config_hash(config)[:8], 16)
-        keras.utils.set_random_seed((settings.seed + combination) % 2**31)
+    if settings.repeated:
+        keras.utils.set_random_seed(training_seed(config, int(config[SEED]), repeated=True))
+    elif settings.seed is not None:
+        keras.utils.set_random_seed(training_seed(config, settings.seed, repeated=False))
+    params = without_seed(config) if settings.repeated else dict(config)
     x_train, y_train, x_val, y_val = data
     epochs: list[dict[str, float]] = []
     resume = _Resume.from_checkpoint(tune.get_checkpoint())
@@ -108,7 +114,7 @@ def run_trial(
     started = time.perf_counter()
     reporter = make_epoch_callback(report_epoch)
     with reporting_fit(keras.callbacks.TerminateOnNaN(), reporter, before_fit=resume.restore):
-        history, model = model_fn(x_train, y_train, x_val, y_val, dict(config))
+        history, model = model_fn(x_train, y_train, x_val, y_val, params)
     train_seconds = time.perf_counter() - started
 
     history_epochs = _history_epochs(history)
@@ -125,6 +131,7 @@ def run_trial(
             FINAL_RESULT_KEY: 1.0,
             "epochs_trained": float(resume.epoch + len(epochs)),
             "train_seconds": train_seconds,
+            **_model_size(model),
             **placement(),  # Tune adds the hostname and node_ip itself.
         }
     )
@@ -219,6 +226,14 @@ def placement() -> dict[str, str]:
         "gpu_ids": ",".join(gpu_ids),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
     }
+
+
+def _model_size(model: Any) -> dict[str, float]:
+    """``model_weights``: how many weights the returned model has, when it can count them."""
+    try:
+        return {"model_weights": float(model.count_params())}
+    except Exception:  # Not a Keras model, or one never built: its size is simply unknown.
+        return {}
 
 
 def _history_epochs(history: Any) -> list[dict[str, float]]:
