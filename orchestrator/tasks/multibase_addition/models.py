@@ -20,6 +20,10 @@ The returned model always has exactly the inputs ``text`` and ``bases`` and outp
   with ``learning_rate=lr``.
 * ``mask_padding`` (optional, default ``True``): skip the all-zero padding rows of ``text``
   in the encoder, so its final state is the one after the last real character.
+* ``clipnorm`` (optional, default none): clip each gradient to this norm, which keeps a large
+  learning rate from blowing up the LSTMs.
+* ``lr_patience`` (optional, default none): halve the learning rate (or multiply it by
+  ``lr_factor``, default 0.5) whenever ``val_loss`` has not improved for this many epochs.
 * ``architecture``: used by :func:`build_and_fit` only, ``"repeat_vector"`` or
   ``"encoder_decoder"``.
 
@@ -169,6 +173,9 @@ class _Hyperparameters:
     batch: int
     optimizer: str | Callable[..., keras.optimizers.Optimizer]
     mask_padding: bool
+    clipnorm: float | None
+    lr_patience: int | None
+    lr_factor: float
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> _Hyperparameters:
@@ -186,20 +193,37 @@ class _Hyperparameters:
             batch=int(params["batch"]),
             optimizer=params.get("optimizer", "adam"),
             mask_padding=bool(params.get("mask_padding", True)),
+            clipnorm=_optional(params, "clipnorm", float),
+            lr_patience=_optional(params, "lr_patience", int),
+            lr_factor=float(params.get("lr_factor", 0.5)),
         )
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
+        config: dict[str, Any] = {"learning_rate": self.lr}
+        if self.clipnorm is not None:
+            config["clipnorm"] = self.clipnorm
         if isinstance(self.optimizer, str):
-            return keras.optimizers.get(
-                {"class_name": self.optimizer, "config": {"learning_rate": self.lr}}
-            )
+            return keras.optimizers.get({"class_name": self.optimizer, "config": config})
         if callable(self.optimizer):
             # Talos passes optimizer classes; a fresh instance per trial keeps trials independent.
-            return self.optimizer(learning_rate=self.lr)
+            return self.optimizer(**config)
         raise ValueError(
             f"params['optimizer']: got {self.optimizer!r}; accepted: a Keras optimizer name "
             "such as 'adam' or an optimizer class"
         )
+
+    def training_callbacks(
+        self, scorer: ExactMatch, extra: Sequence[keras.callbacks.Callback]
+    ) -> list[keras.callbacks.Callback]:
+        """The callbacks of ``fit``: val_exact first, so the others can read it in the logs."""
+        callbacks: list[keras.callbacks.Callback] = [scorer]
+        if self.lr_patience is not None:
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=self.lr_factor, patience=self.lr_patience
+                )
+            )
+        return [*callbacks, *extra]
 
 
 def repeat_vector(
@@ -208,6 +232,8 @@ def repeat_vector(
     x_val: ModelInputs,
     y_val: np.ndarray,
     params: Mapping[str, Any],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[History, keras.Model]:
     """Train the repeat-vector model: both encodings merged, repeated once per output character.
 
@@ -220,6 +246,8 @@ def repeat_vector(
         x_val: Validation inputs, like ``x_train``.
         y_val: One-hot validation sums.
         params: Hyperparameters, see the module docstring.
+        callbacks: More Keras callbacks for ``fit``; they run after the one that writes
+            ``val_exact`` into the logs, so they can read it (to stop on a time budget, say).
 
     Returns:
         ``(history, model)``; ``history.history`` holds ``loss``, ``acc`` (per character),
@@ -251,7 +279,7 @@ def repeat_vector(
         validation_data=(x_val, y_val),
         epochs=hp.epochs,
         batch_size=hp.batch,
-        callbacks=[ExactMatch(model, x_val, y_val)],
+        callbacks=hp.training_callbacks(ExactMatch(model, x_val, y_val), callbacks),
         verbose=0,
     )
     return history, model
@@ -263,6 +291,8 @@ def encoder_decoder(
     x_val: ModelInputs,
     y_val: np.ndarray,
     params: Mapping[str, Any],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[History, keras.Model]:
     """Train a sequence-to-sequence model with teacher forcing; return its greedy decoder.
 
@@ -280,6 +310,8 @@ def encoder_decoder(
         x_val: Validation inputs, like ``x_train``.
         y_val: One-hot validation sums.
         params: Hyperparameters, see the module docstring.
+        callbacks: More Keras callbacks for ``fit``; they run after the one that writes
+            ``val_exact`` into the logs, so they can read it (to stop on a time budget, say).
 
     Returns:
         ``(history, model)`` where ``model`` is the greedy decoder. ``acc`` and ``val_acc`` in
@@ -331,7 +363,7 @@ def encoder_decoder(
         validation_data=({**x_val, "previous_characters": teacher_forcing_inputs(y_val)}, y_val),
         epochs=hp.epochs,
         batch_size=hp.batch,
-        callbacks=[ExactMatch(predictor, x_val, y_val)],
+        callbacks=hp.training_callbacks(ExactMatch(predictor, x_val, y_val), callbacks),
         verbose=0,
     )
     return history, predictor
@@ -343,8 +375,13 @@ def build_and_fit(
     x_val: ModelInputs,
     y_val: np.ndarray,
     params: Mapping[str, Any],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[History, keras.Model]:
     """Train the architecture named by ``params["architecture"]``, so one sweep compares both.
+
+    Args:
+        callbacks: Passed on to the model function.
 
     Returns:
         What :func:`repeat_vector` or :func:`encoder_decoder` returns.
@@ -359,7 +396,9 @@ def build_and_fit(
         raise ValueError(
             f"params['architecture']: got {architecture!r}; accepted: {', '.join(ARCHITECTURES)}"
         )
-    return model_functions[architecture](x_train, y_train, x_val, y_val, params)
+    return model_functions[architecture](
+        x_train, y_train, x_val, y_val, params, callbacks=callbacks
+    )
 
 
 def predict_sums(
@@ -427,6 +466,11 @@ def _greedy_decoder(
             state = [h, c]
     outputs = steps[0] if sum_len == 1 else layers.Concatenate(axis=1, name="sum")(steps)
     return keras.Model([text, bases], outputs, name="encoder_decoder")
+
+
+def _optional(params: Mapping[str, Any], key: str, kind: Callable[[Any], Any]) -> Any:
+    value = params.get(key)
+    return None if value is None else kind(value)
 
 
 def _as_input_dict(x: ModelInputs, name: str) -> dict[str, np.ndarray]:
