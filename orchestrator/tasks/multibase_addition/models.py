@@ -416,7 +416,8 @@ def predict_sums(
         bases: The base of each expression, or one base for all.
         **data_options: The :func:`~orchestrator.tasks.multibase_addition.data.load_data`
             keyword arguments the model was trained with (``max_operand``, ``terms``,
-            ``bases``, ``reverse_text``; sampling options are ignored), so the same dict can be
+            ``bases``, ``reverse_text``, ``reverse_sum``; sampling options are ignored), so the
+            same dict can be
             passed to both.
 
     Returns:
@@ -427,7 +428,7 @@ def predict_sums(
     """
     inputs = encode_queries(expressions, bases, **query_options(data_options))
     probabilities = model.predict(inputs, batch_size=_PREDICT_BATCH_SIZE, verbose=0)
-    return decode_sum(probabilities)
+    return decode_sum(probabilities, reverse_sum=bool(data_options.get("reverse_sum", False)))
 
 
 def teacher_forcing_inputs(y: np.ndarray) -> np.ndarray:
