@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
     parser.add_argument("--reverse-text", action="store_true", help="feed expressions reversed")
+    parser.add_argument("--reverse-sum", action="store_true", help="predict the ones digit first")
     parser.add_argument(
         "--architecture", default="encoder_decoder", choices=("encoder_decoder", "repeat_vector")
     )
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-units", type=int, default=16)
     parser.add_argument("--merged-units", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--base-to-encoder", action="store_true", help="feed the base with every character"
+    )
     parser.add_argument("--clipnorm", type=float, default=None)
     parser.add_argument(
         "--lr-patience", type=int, default=None, help="halve lr after this many flat epochs"
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_fraction": args.val_fraction,
         "seed": args.seed,
         "reverse_text": args.reverse_text,
+        "reverse_sum": args.reverse_sum,
     }
     params: dict[str, Any] = {
         "architecture": args.architecture,
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "concatenated_layer_neuron": args.merged_units,
         "epochs": 100_000,  # the budget stops training, not the epoch count
         "batch": args.batch,
+        "base_to_encoder": args.base_to_encoder,
         "clipnorm": args.clipnorm,
         "lr_patience": args.lr_patience,
     }
@@ -224,7 +230,7 @@ def section(
         "(other work shared the machine; the `load` column is the 1-minute load at each epoch).",
         "",
         f"{args.architecture}, {args.rows - n_val} training and {n_val} validation rows "
-        f"(operands up to 255, bases b, o, d, h{', text reversed' if args.reverse_text else ''}), "
+        f"(operands up to 255, bases b, o, d, h{options_note(args)}), "
         f"lr {args.lr:g}, widths {args.text_units}/{args.base_units}/{args.merged_units}, "
         f"batch {args.batch}, clipnorm {args.clipnorm}, lr patience {args.lr_patience}. "
         f"Stopped: {budget.reason}, after {rows[-1]['epoch']:g} epochs in "
@@ -237,6 +243,15 @@ def section(
         "",
     ]
     return "\n".join(lines)
+
+
+def options_note(args: argparse.Namespace) -> str:
+    notes = [
+        ("text reversed", args.reverse_text),
+        ("sum ones digit first", args.reverse_sum),
+        ("base fed with every character", args.base_to_encoder),
+    ]
+    return "".join(f", {note}" for note, on in notes if on)
 
 
 def write_section(text: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.tasks.multibase_addition import (
     SUM_VOCAB_SIZE,
+    BaseBesideCharacters,
     build_and_fit,
     exact_match,
     load_data,
@@ -164,6 +165,19 @@ def test_predict_sums_puts_digits_predicted_ones_first_back_in_order(
     reversed_back = predict_sums(model, expressions, bases, **DATA_OPTIONS, reverse_sum=True)
 
     assert reversed_back == [answer[::-1] for answer in as_trained]
+
+
+def test_base_beside_characters_leaves_padding_rows_empty(data: Data) -> None:
+    x_train, _, _, _ = data
+    text, bases = x_train["text"][:20], x_train["bases"][:20]
+
+    steps = keras.ops.convert_to_numpy(BaseBesideCharacters()([text, bases]))
+
+    is_padding = text.max(axis=-1) == 0
+    assert is_padding.any()
+    assert np.all(steps[is_padding] == 0)
+    base_per_character = np.repeat(bases, (~is_padding).sum(axis=1), axis=0)
+    assert np.array_equal(steps[~is_padding][:, text.shape[-1] :], base_per_character)
 
 
 def test_extra_callbacks_see_val_exact_and_the_learning_rate_schedule(data: Data) -> None:

@@ -20,6 +20,9 @@ The returned model always has exactly the inputs ``text`` and ``bases`` and outp
   with ``learning_rate=lr``.
 * ``mask_padding`` (optional, default ``True``): skip the all-zero padding rows of ``text``
   in the encoder, so its final state is the one after the last real character.
+* ``base_to_encoder`` (optional, default ``False``): also feed the base one-hot to the text
+  encoder with every character, so it knows the base while it reads the digits instead of
+  learning it only after the last one.
 * ``clipnorm`` (optional, default none): clip each gradient to this norm, which keeps a large
   learning rate from blowing up the LSTMs.
 * ``lr_patience`` (optional, default none): halve the learning rate (or multiply it by
@@ -123,6 +126,32 @@ class GreedyToken(layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size}
 
 
+@keras.saving.register_keras_serializable(package="orchestrator")
+class BaseBesideCharacters(layers.Layer):
+    """Append the base one-hot to every character of ``text``, leaving padding rows all zero.
+
+    Inputs ``[text (batch, steps, k), bases (batch, b)]``; output ``(batch, steps, k + b)``.
+    Padding rows stay zero so that masking still skips them.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        text, bases = inputs
+        is_character = ops.max(text, axis=-1, keepdims=True)
+        return ops.concatenate([text, is_character * ops.expand_dims(bases, axis=1)], axis=-1)
+
+    def compute_output_shape(
+        self, input_shape: list[tuple[int | None, ...]]
+    ) -> tuple[int | None, ...]:
+        text_shape, bases_shape = input_shape
+        return (*text_shape[:-1], _width(text_shape) + _width(bases_shape))
+
+
+def _width(shape: tuple[int | None, ...]) -> int:
+    if shape[-1] is None:
+        raise ValueError("BaseBesideCharacters needs inputs with a known last dimension")
+    return shape[-1]
+
+
 class ExactMatch(keras.callbacks.Callback):
     """Score the returned model on the validation rows at each epoch end.
 
@@ -173,6 +202,7 @@ class _Hyperparameters:
     batch: int
     optimizer: str | Callable[..., keras.optimizers.Optimizer]
     mask_padding: bool
+    base_to_encoder: bool
     clipnorm: float | None
     lr_patience: int | None
     lr_factor: float
@@ -193,6 +223,7 @@ class _Hyperparameters:
             batch=int(params["batch"]),
             optimizer=params.get("optimizer", "adam"),
             mask_padding=bool(params.get("mask_padding", True)),
+            base_to_encoder=bool(params.get("base_to_encoder", False)),
             clipnorm=_optional(params, "clipnorm", float),
             lr_patience=_optional(params, "lr_patience", int),
             lr_factor=float(params.get("lr_factor", 0.5)),
@@ -261,7 +292,7 @@ def repeat_vector(
     text, bases = _input_layers(x_train)
 
     merged = _merge_encodings(
-        layers.LSTM(hp.text_units, name="text_encoder")(_mask(text, hp)),
+        layers.LSTM(hp.text_units, name="text_encoder")(_encoder_inputs(text, bases, hp)),
         layers.Dense(hp.base_units, activation="relu", name="base_encoder")(bases),
         hp,
     )
@@ -332,7 +363,7 @@ def encoder_decoder(
     text, bases = _input_layers(x_train)
 
     _, text_h, text_c = layers.LSTM(hp.text_units, return_state=True, name="text_encoder")(
-        _mask(text, hp)
+        _encoder_inputs(text, bases, hp)
     )
     base_code = layers.Dense(hp.base_units, activation="relu", name="base_encoder")(bases)
     initial_state = [
@@ -500,8 +531,14 @@ def _input_layers(x: Mapping[str, np.ndarray]) -> tuple[keras.KerasTensor, keras
     )
 
 
-def _mask(text: keras.KerasTensor, hp: _Hyperparameters) -> keras.KerasTensor:
-    return layers.Masking(mask_value=0.0, name="padding_mask")(text) if hp.mask_padding else text
+def _encoder_inputs(
+    text: keras.KerasTensor, bases: keras.KerasTensor, hp: _Hyperparameters
+) -> keras.KerasTensor:
+    """The text, padding masked if asked, with the base beside every character if asked."""
+    steps = (
+        BaseBesideCharacters(name="text_and_base")([text, bases]) if hp.base_to_encoder else text
+    )
+    return layers.Masking(mask_value=0.0, name="padding_mask")(steps) if hp.mask_padding else steps
 
 
 def _merge_encodings(
