@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lr-patience", type=int, default=None, help="halve lr after this many flat epochs"
     )
+    parser.add_argument("--lr-min", type=float, default=0.0, help="floor of the halvings")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads (1-2)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
     return parser.parse_args(argv)
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "base_to_encoder": args.base_to_encoder,
         "clipnorm": args.clipnorm,
         "lr_patience": args.lr_patience,
+        "lr_min": args.lr_min,
     }
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -232,7 +234,7 @@ def section(
         f"{args.architecture}, {args.rows - n_val} training and {n_val} validation rows "
         f"(operands up to 255, bases b, o, d, h{options_note(args)}), "
         f"lr {args.lr:g}, widths {args.text_units}/{args.base_units}/{args.merged_units}, "
-        f"batch {args.batch}, clipnorm {args.clipnorm}, lr patience {args.lr_patience}. "
+        f"batch {args.batch}, clipnorm {args.clipnorm}, {schedule_note(args)}. "
         f"Stopped: {budget.reason}, after {rows[-1]['epoch']:g} epochs in "
         f"{rows[-1]['wall s']:.0f} s. Best val_exact {best['val_exact']:.4f} at epoch "
         f"{best['epoch']:g} ({best['wall s']:.0f} s).",
@@ -243,6 +245,15 @@ def section(
         "",
     ]
     return "\n".join(lines)
+
+
+def schedule_note(args: argparse.Namespace) -> str:
+    if args.lr_patience is None:
+        return "constant lr"
+    return (
+        f"lr halved after {args.lr_patience} epochs without a lower val_loss, "
+        f"down to {args.lr_min:g}"
+    )
 
 
 def options_note(args: argparse.Namespace) -> str:

@@ -26,7 +26,8 @@ The returned model always has exactly the inputs ``text`` and ``bases`` and outp
 * ``clipnorm`` (optional, default none): clip each gradient to this norm, which keeps a large
   learning rate from blowing up the LSTMs.
 * ``lr_patience`` (optional, default none): halve the learning rate (or multiply it by
-  ``lr_factor``, default 0.5) whenever ``val_loss`` has not improved for this many epochs.
+  ``lr_factor``, default 0.5) whenever ``val_loss`` has not improved for this many epochs, down
+  to ``lr_min`` (default 0).
 * ``architecture``: used by :func:`build_and_fit` only, ``"repeat_vector"`` or
   ``"encoder_decoder"``.
 
@@ -206,6 +207,7 @@ class _Hyperparameters:
     clipnorm: float | None
     lr_patience: int | None
     lr_factor: float
+    lr_min: float
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> _Hyperparameters:
@@ -227,6 +229,7 @@ class _Hyperparameters:
             clipnorm=_optional(params, "clipnorm", float),
             lr_patience=_optional(params, "lr_patience", int),
             lr_factor=float(params.get("lr_factor", 0.5)),
+            lr_min=float(params.get("lr_min", 0.0)),
         )
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
@@ -251,7 +254,10 @@ class _Hyperparameters:
         if self.lr_patience is not None:
             callbacks.append(
                 keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=self.lr_factor, patience=self.lr_patience
+                    monitor="val_loss",
+                    factor=self.lr_factor,
+                    patience=self.lr_patience,
+                    min_lr=self.lr_min,
                 )
             )
         return [*callbacks, *extra]
