@@ -180,6 +180,21 @@ def test_reverse_text_feeds_each_expression_backwards() -> None:
     assert np.array_equal(y_forward, y_backward)
 
 
+def test_reverse_sum_writes_the_ones_digit_first_and_pads_after_the_last_digit() -> None:
+    y = encode_sums([7, 42, 510], 3, reverse_sum=True)
+
+    assert decode_sum(y) == ["7", "24", "015"]
+    assert decode_sum(y, reverse_sum=True) == ["7", "42", "510"]
+
+
+def test_reverse_sum_changes_only_the_order_of_each_sums_digits() -> None:
+    forward, y_forward, _, _ = load_data(n_samples=30, seed=5)
+    backward, y_backward, _, _ = load_data(n_samples=30, seed=5, reverse_sum=True)
+
+    assert np.array_equal(forward["text"], backward["text"])
+    assert decode_sum(y_backward, reverse_sum=True) == decode_sum(y_forward)
+
+
 def test_format_prediction_states_expression_base_and_answer() -> None:
     assert format_prediction("10+1000", "b", "10") == "10+1000 in base b -> 10"
     assert sum(_operands("10+1000", "b")) == 10

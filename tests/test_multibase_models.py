@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.tasks.multibase_addition import (
     SUM_VOCAB_SIZE,
+    BaseBesideCharacters,
     build_and_fit,
     exact_match,
     load_data,
@@ -152,6 +153,44 @@ def test_predict_sums_answers_user_expressions_as_decimal_strings(
 
     assert len(predicted) == 2
     assert all(answer.strip().isdigit() for answer in predicted)
+
+
+def test_predict_sums_puts_digits_predicted_ones_first_back_in_order(
+    trained: dict[str, Trained],
+) -> None:
+    _, model = trained["encoder_decoder"]
+    expressions, bases = ["10+1000", "7+8", "15+15"], ["b", "d", "d"]
+
+    as_trained = predict_sums(model, expressions, bases, **DATA_OPTIONS)
+    reversed_back = predict_sums(model, expressions, bases, **DATA_OPTIONS, reverse_sum=True)
+
+    assert reversed_back == [answer[::-1] for answer in as_trained]
+
+
+def test_base_beside_characters_leaves_padding_rows_empty(data: Data) -> None:
+    x_train, _, _, _ = data
+    text, bases = x_train["text"][:20], x_train["bases"][:20]
+
+    steps = keras.ops.convert_to_numpy(BaseBesideCharacters()([text, bases]))
+
+    is_padding = text.max(axis=-1) == 0
+    assert is_padding.any()
+    assert np.all(steps[is_padding] == 0)
+    base_per_character = np.repeat(bases, (~is_padding).sum(axis=1), axis=0)
+    assert np.array_equal(steps[~is_padding][:, text.shape[-1] :], base_per_character)
+
+
+def test_extra_callbacks_see_val_exact_and_the_learning_rate_schedule(data: Data) -> None:
+    seen: list[dict[str, Any]] = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(dict(logs))
+    )
+    params = {**PARAMS, "epochs": 1, "clipnorm": 1.0, "lr_patience": 2}
+
+    build_and_fit(*data, {**params, "architecture": "encoder_decoder"}, callbacks=[recorder])
+
+    assert "val_exact" in seen[0]
+    assert seen[0]["learning_rate"] == pytest.approx(PARAMS["lr"])
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -38,6 +38,7 @@ from orchestrator.tasks.multibase_addition.data import (
 if TYPE_CHECKING:
     from orchestrator.tasks.multibase_addition.models import (
         ARCHITECTURES,
+        BaseBesideCharacters,
         ExactMatch,
         GreedyToken,
         StartToken,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 _MODEL_NAMES = frozenset(
     {
         "ARCHITECTURES",
+        "BaseBesideCharacters",
         "ExactMatch",
         "GreedyToken",
         "StartToken",
@@ -71,6 +73,7 @@ __all__ = [
     "SUM_VOCAB_SIZE",
     "TEXT_SYMBOLS",
     "TEXT_VOCAB_SIZE",
+    "BaseBesideCharacters",
     "ExactMatch",
     "GreedyToken",
     "StartToken",

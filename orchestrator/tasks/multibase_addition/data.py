@@ -10,7 +10,9 @@ Encodings:
   fixed length with all-zero rows.
 * ``bases``: one-hot of length 4 in the fixed order ``b, o, d, h``, whichever bases are enabled.
 * target: one row per character over the 11 symbols ``0123456789`` and the pad ``' '``,
-  right-padded with the pad to ``len(str(max_operand * terms))``.
+  right-padded with the pad to ``len(str(max_operand * terms))``. With ``reverse_sum`` the
+  digits come least significant first (510 is ``'015'``, 7 is ``'7  '``); :func:`decode_sum`
+  given the same option turns them back into the usual order.
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ _BASE_ALIASES: dict[str, str] = {
 }
 _ACCEPTED_BASES = "b, o, d, h (or 2, 8, 10, 16)"
 
-# load_data options that do not change how a query is encoded, so predict_sums may be handed the
-# same keyword arguments as load_data.
-_SAMPLING_ONLY_OPTIONS = frozenset({"n_samples", "val_fraction", "seed"})
+# load_data options that do not change how a query is encoded (they change the sampling or the
+# target), so predict_sums may be handed the same keyword arguments as load_data.
+_NOT_QUERY_OPTIONS = frozenset({"n_samples", "val_fraction", "seed", "reverse_sum"})
 
 Inputs = dict[str, np.ndarray]
 
@@ -176,8 +178,10 @@ def encode_bases(bases: Sequence[str | int]) -> np.ndarray:
     return encoded
 
 
-def encode_sums(sums: Sequence[int], out_len: int) -> np.ndarray:
+def encode_sums(sums: Sequence[int], out_len: int, reverse_sum: bool = False) -> np.ndarray:
     """One-hot encode decimal sums as characters, right-padded with ``' '``.
+
+    With ``reverse_sum`` the digits are written least significant first, then padded.
 
     Returns:
         float32 array of shape ``(len(sums), out_len, 11)``.
@@ -190,6 +194,8 @@ def encode_sums(sums: Sequence[int], out_len: int) -> np.ndarray:
         digits = str(int(total))
         if int(total) < 0 or len(digits) > out_len:
             raise ValueError(f"sum {total} does not fit in {out_len} decimal digits")
+        if reverse_sum:
+            digits = digits[::-1]
         columns = [_SUM_INDEX[symbol] for symbol in digits.ljust(out_len, PAD)]
         encoded[row, np.arange(out_len), columns] = 1.0
     return encoded
@@ -211,14 +217,17 @@ def decode_base(x: np.ndarray) -> list[str]:
     return [BASES[i] for i in np.argmax(np.asarray(x), axis=-1)]
 
 
-def decode_sum(y: np.ndarray) -> list[str]:
+def decode_sum(y: np.ndarray, reverse_sum: bool = False) -> list[str]:
     """Turn one-hot targets or predicted probabilities ``(n, out_len, 11)`` into decimal strings.
 
     Each position decodes to its most likely symbol; trailing pad is stripped. A pad predicted
-    before a digit is kept as a space, so a malformed prediction stays visible.
+    before a digit is kept as a space, so a malformed prediction stays visible. With
+    ``reverse_sum`` (targets written least significant digit first, as :func:`load_data` makes
+    them with that option) the digits are put back in the usual order.
     """
     symbols = np.array(list(SUM_SYMBOLS))[np.argmax(np.asarray(y), axis=-1)]
-    return ["".join(row).rstrip(PAD) for row in symbols]
+    sums = ["".join(row).rstrip(PAD) for row in symbols]
+    return [total[::-1] for total in sums] if reverse_sum else sums
 
 
 def exact_match(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -240,6 +249,7 @@ def load_data(
     val_fraction: float = 0.2,
     seed: int = 0,
     reverse_text: bool = False,
+    reverse_sum: bool = False,
 ) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray]:
     """Draw random additions and split them into training and validation sets.
 
@@ -256,6 +266,10 @@ def load_data(
         seed: Seed of the random generator.
         reverse_text: Feed each expression's characters in reverse order (``'12+34'`` is
             encoded as ``'43+21'``), which puts the least significant digits first.
+        reverse_sum: Write each target sum least significant digit first (``'015'`` for 510,
+            then the pad), so a model predicts the ones digit first. Decode such targets and
+            predictions with ``decode_sum(y, reverse_sum=True)``. A sum is still right only
+            when all its characters are, so ``val_exact`` means the same either way.
 
     Returns:
         ``(x_train, y_train, x_val, y_val)``, where ``x_*`` are dicts with ``"text"``
@@ -282,7 +296,7 @@ def load_data(
 
     text = encode_text(expressions, text_length(max_operand, terms, letters))
     base_one_hot = encode_bases(sample_bases)
-    targets = encode_sums(operands.sum(axis=1), sum_length(max_operand, terms))
+    targets = encode_sums(operands.sum(axis=1), sum_length(max_operand, terms), reverse_sum)
 
     n_val = min(max(1, round(n_samples * val_fraction)), n_samples - 1)
     n_train = n_samples - n_val
@@ -380,20 +394,20 @@ def encode_query(
 def query_options(data_options: dict[str, Any]) -> dict[str, Any]:
     """Map :func:`load_data` keyword arguments onto those of :func:`encode_queries`.
 
-    Sampling options (``n_samples``, ``val_fraction``, ``seed``) are dropped, ``bases`` becomes
-    ``enabled_bases``.
+    Sampling options (``n_samples``, ``val_fraction``, ``seed``) and ``reverse_sum``, which only
+    changes the target, are dropped; ``bases`` becomes ``enabled_bases``.
 
     Raises:
         ValueError: If an option is not a :func:`load_data` option.
     """
-    options = {k: v for k, v in data_options.items() if k not in _SAMPLING_ONLY_OPTIONS}
+    options = {k: v for k, v in data_options.items() if k not in _NOT_QUERY_OPTIONS}
     if "bases" in options:
         options["enabled_bases"] = options.pop("bases")
     unknown = sorted(set(options) - {"max_operand", "terms", "enabled_bases", "reverse_text"})
     if unknown:
         raise ValueError(
             f"data options: unknown {', '.join(unknown)}; accepted: max_operand, terms, bases, "
-            "reverse_text, n_samples, val_fraction, seed"
+            "reverse_text, reverse_sum, n_samples, val_fraction, seed"
         )
     return options
 

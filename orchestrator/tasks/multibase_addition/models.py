@@ -20,6 +20,14 @@ The returned model always has exactly the inputs ``text`` and ``bases`` and outp
   with ``learning_rate=lr``.
 * ``mask_padding`` (optional, default ``True``): skip the all-zero padding rows of ``text``
   in the encoder, so its final state is the one after the last real character.
+* ``base_to_encoder`` (optional, default ``False``): also feed the base one-hot to the text
+  encoder with every character, so it knows the base while it reads the digits instead of
+  learning it only after the last one.
+* ``clipnorm`` (optional, default none): clip each gradient to this norm, which keeps a large
+  learning rate from blowing up the LSTMs.
+* ``lr_patience`` (optional, default none): halve the learning rate (or multiply it by
+  ``lr_factor``, default 0.5) whenever ``val_loss`` has not improved for this many epochs, down
+  to ``lr_min`` (default 0).
 * ``architecture``: used by :func:`build_and_fit` only, ``"repeat_vector"`` or
   ``"encoder_decoder"``.
 
@@ -119,6 +127,32 @@ class GreedyToken(layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size}
 
 
+@keras.saving.register_keras_serializable(package="orchestrator")
+class BaseBesideCharacters(layers.Layer):
+    """Append the base one-hot to every character of ``text``, leaving padding rows all zero.
+
+    Inputs ``[text (batch, steps, k), bases (batch, b)]``; output ``(batch, steps, k + b)``.
+    Padding rows stay zero so that masking still skips them.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        text, bases = inputs
+        is_character = ops.max(text, axis=-1, keepdims=True)
+        return ops.concatenate([text, is_character * ops.expand_dims(bases, axis=1)], axis=-1)
+
+    def compute_output_shape(
+        self, input_shape: list[tuple[int | None, ...]]
+    ) -> tuple[int | None, ...]:
+        text_shape, bases_shape = input_shape
+        return (*text_shape[:-1], _width(text_shape) + _width(bases_shape))
+
+
+def _width(shape: tuple[int | None, ...]) -> int:
+    if shape[-1] is None:
+        raise ValueError("BaseBesideCharacters needs inputs with a known last dimension")
+    return shape[-1]
+
+
 class ExactMatch(keras.callbacks.Callback):
     """Score the returned model on the validation rows at each epoch end.
 
@@ -169,6 +203,11 @@ class _Hyperparameters:
     batch: int
     optimizer: str | Callable[..., keras.optimizers.Optimizer]
     mask_padding: bool
+    base_to_encoder: bool
+    clipnorm: float | None
+    lr_patience: int | None
+    lr_factor: float
+    lr_min: float
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> _Hyperparameters:
@@ -186,20 +225,42 @@ class _Hyperparameters:
             batch=int(params["batch"]),
             optimizer=params.get("optimizer", "adam"),
             mask_padding=bool(params.get("mask_padding", True)),
+            base_to_encoder=bool(params.get("base_to_encoder", False)),
+            clipnorm=_optional(params, "clipnorm", float),
+            lr_patience=_optional(params, "lr_patience", int),
+            lr_factor=float(params.get("lr_factor", 0.5)),
+            lr_min=float(params.get("lr_min", 0.0)),
         )
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
+        config: dict[str, Any] = {"learning_rate": self.lr}
+        if self.clipnorm is not None:
+            config["clipnorm"] = self.clipnorm
         if isinstance(self.optimizer, str):
-            return keras.optimizers.get(
-                {"class_name": self.optimizer, "config": {"learning_rate": self.lr}}
-            )
+            return keras.optimizers.get({"class_name": self.optimizer, "config": config})
         if callable(self.optimizer):
             # Talos passes optimizer classes; a fresh instance per trial keeps trials independent.
-            return self.optimizer(learning_rate=self.lr)
+            return self.optimizer(**config)
         raise ValueError(
             f"params['optimizer']: got {self.optimizer!r}; accepted: a Keras optimizer name "
             "such as 'adam' or an optimizer class"
         )
+
+    def training_callbacks(
+        self, scorer: ExactMatch, extra: Sequence[keras.callbacks.Callback]
+    ) -> list[keras.callbacks.Callback]:
+        """The callbacks of ``fit``: val_exact first, so the others can read it in the logs."""
+        callbacks: list[keras.callbacks.Callback] = [scorer]
+        if self.lr_patience is not None:
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss",
+                    factor=self.lr_factor,
+                    patience=self.lr_patience,
+                    min_lr=self.lr_min,
+                )
+            )
+        return [*callbacks, *extra]
 
 
 def repeat_vector(
@@ -208,6 +269,8 @@ def repeat_vector(
     x_val: ModelInputs,
     y_val: np.ndarray,
     params: Mapping[str, Any],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[History, keras.Model]:
     """Train the repeat-vector model: both encodings merged, repeated once per output character.
 
@@ -220,6 +283,8 @@ def repeat_vector(
         x_val: Validation inputs, like ``x_train``.
         y_val: One-hot validation sums.
         params: Hyperparameters, see the module docstring.
+        callbacks: More Keras callbacks for ``fit``; they run after the one that writes
+            ``val_exact`` into the logs, so they can read it (to stop on a time budget, say).
 
     Returns:
         ``(history, model)``; ``history.history`` holds ``loss``, ``acc`` (per character),
@@ -233,7 +298,7 @@ def repeat_vector(
     text, bases = _input_layers(x_train)
 
     merged = _merge_encodings(
-        layers.LSTM(hp.text_units, name="text_encoder")(_mask(text, hp)),
+        layers.LSTM(hp.text_units, name="text_encoder")(_encoder_inputs(text, bases, hp)),
         layers.Dense(hp.base_units, activation="relu", name="base_encoder")(bases),
         hp,
     )
@@ -251,7 +316,7 @@ def repeat_vector(
         validation_data=(x_val, y_val),
         epochs=hp.epochs,
         batch_size=hp.batch,
-        callbacks=[ExactMatch(model, x_val, y_val)],
+        callbacks=hp.training_callbacks(ExactMatch(model, x_val, y_val), callbacks),
         verbose=0,
     )
     return history, model
@@ -263,6 +328,8 @@ def encoder_decoder(
     x_val: ModelInputs,
     y_val: np.ndarray,
     params: Mapping[str, Any],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[History, keras.Model]:
     """Train a sequence-to-sequence model with teacher forcing; return its greedy decoder.
 
@@ -280,6 +347,8 @@ def encoder_decoder(
         x_val: Validation inputs, like ``x_train``.
         y_val: One-hot validation sums.
         params: Hyperparameters, see the module docstring.
+        callbacks: More Keras callbacks for ``fit``; they run after the one that writes
+            ``val_exact`` into the logs, so they can read it (to stop on a time budget, say).
 
     Returns:
         ``(history, model)`` where ``model`` is the greedy decoder. ``acc`` and ``val_acc`` in
@@ -300,7 +369,7 @@ def encoder_decoder(
     text, bases = _input_layers(x_train)
 
     _, text_h, text_c = layers.LSTM(hp.text_units, return_state=True, name="text_encoder")(
-        _mask(text, hp)
+        _encoder_inputs(text, bases, hp)
     )
     base_code = layers.Dense(hp.base_units, activation="relu", name="base_encoder")(bases)
     initial_state = [
@@ -331,7 +400,7 @@ def encoder_decoder(
         validation_data=({**x_val, "previous_characters": teacher_forcing_inputs(y_val)}, y_val),
         epochs=hp.epochs,
         batch_size=hp.batch,
-        callbacks=[ExactMatch(predictor, x_val, y_val)],
+        callbacks=hp.training_callbacks(ExactMatch(predictor, x_val, y_val), callbacks),
         verbose=0,
     )
     return history, predictor
@@ -343,8 +412,13 @@ def build_and_fit(
     x_val: ModelInputs,
     y_val: np.ndarray,
     params: Mapping[str, Any],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[History, keras.Model]:
     """Train the architecture named by ``params["architecture"]``, so one sweep compares both.
+
+    Args:
+        callbacks: Passed on to the model function.
 
     Returns:
         What :func:`repeat_vector` or :func:`encoder_decoder` returns.
@@ -359,7 +433,9 @@ def build_and_fit(
         raise ValueError(
             f"params['architecture']: got {architecture!r}; accepted: {', '.join(ARCHITECTURES)}"
         )
-    return model_functions[architecture](x_train, y_train, x_val, y_val, params)
+    return model_functions[architecture](
+        x_train, y_train, x_val, y_val, params, callbacks=callbacks
+    )
 
 
 def predict_sums(
@@ -377,7 +453,8 @@ def predict_sums(
         bases: The base of each expression, or one base for all.
         **data_options: The :func:`~orchestrator.tasks.multibase_addition.data.load_data`
             keyword arguments the model was trained with (``max_operand``, ``terms``,
-            ``bases``, ``reverse_text``; sampling options are ignored), so the same dict can be
+            ``bases``, ``reverse_text``, ``reverse_sum``; sampling options are ignored), so the
+            same dict can be
             passed to both.
 
     Returns:
@@ -388,7 +465,7 @@ def predict_sums(
     """
     inputs = encode_queries(expressions, bases, **query_options(data_options))
     probabilities = model.predict(inputs, batch_size=_PREDICT_BATCH_SIZE, verbose=0)
-    return decode_sum(probabilities)
+    return decode_sum(probabilities, reverse_sum=bool(data_options.get("reverse_sum", False)))
 
 
 def teacher_forcing_inputs(y: np.ndarray) -> np.ndarray:
@@ -429,6 +506,11 @@ def _greedy_decoder(
     return keras.Model([text, bases], outputs, name="encoder_decoder")
 
 
+def _optional(params: Mapping[str, Any], key: str, kind: Callable[[Any], Any]) -> Any:
+    value = params.get(key)
+    return None if value is None else kind(value)
+
+
 def _as_input_dict(x: ModelInputs, name: str) -> dict[str, np.ndarray]:
     """Accept ``{"text", "bases"}`` or ``[text, bases]`` and return the dict form."""
     if isinstance(x, Mapping):
@@ -455,8 +537,14 @@ def _input_layers(x: Mapping[str, np.ndarray]) -> tuple[keras.KerasTensor, keras
     )
 
 
-def _mask(text: keras.KerasTensor, hp: _Hyperparameters) -> keras.KerasTensor:
-    return layers.Masking(mask_value=0.0, name="padding_mask")(text) if hp.mask_padding else text
+def _encoder_inputs(
+    text: keras.KerasTensor, bases: keras.KerasTensor, hp: _Hyperparameters
+) -> keras.KerasTensor:
+    """The text, padding masked if asked, with the base beside every character if asked."""
+    steps = (
+        BaseBesideCharacters(name="text_and_base")([text, bases]) if hp.base_to_encoder else text
+    )
+    return layers.Masking(mask_value=0.0, name="padding_mask")(steps) if hp.mask_padding else steps
 
 
 def _merge_encodings(
