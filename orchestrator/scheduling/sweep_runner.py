@@ -581,6 +581,9 @@ def _tune(
     # Ctrl-C must reach the sweep, which closes open runs as killed and the sweep's run too;
     # Tune's own handler would end the sweep as if it had finished.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # Tune would also write every result to a JSON, a CSV and a TensorBoard file of each trial,
+    # in the driver, between trials; MLflow holds all of it already.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     settings = TrialSettings(
         metric=plan.metric,
         cpus=plan.cpus_per_trial,
