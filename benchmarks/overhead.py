@@ -252,7 +252,11 @@ def measure(mode: str, work: dict[str, Any], repeat: int, timeout: float) -> dic
         run = json.loads(lines[-1].removeprefix("RESULT "))
         run["wall"] = wall
         runs.append(run)
-        print(f"  {mode}: {wall:.1f} s", file=sys.stderr)
+        train = run["train_seconds"]
+        print(
+            f"  {mode}: {run['trials']} trials, wall {wall:.1f} s, training {train:.1f} s",
+            file=sys.stderr,
+        )
     best = min(runs, key=lambda run: run["wall"])
     best["walls"] = [run["wall"] for run in runs]
     trials = max(1, best["trials"])
