@@ -89,7 +89,8 @@ class MemorySampler:
         self._thread.join()
 
     def sample(self) -> dict[int, int]:
-        """RSS now of each Ray worker that has run a trial (``ray::ImplicitFunc``)."""
+        """RSS now of each Ray worker holding a trial (``ray::ImplicitFunc``), not Ray's own
+        agents."""
         import psutil
 
         now: dict[int, int] = {}
@@ -101,7 +102,7 @@ class MemorySampler:
         for child in children:
             try:
                 title = " ".join(child.cmdline())
-                if title.startswith("ray::") and "IDLE" not in title:
+                if title.startswith("ray::ImplicitFunc"):  # Tune's function trainable.
                     now[child.pid] = child.memory_info().rss
             except psutil.Error:
                 continue
