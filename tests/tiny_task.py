@@ -6,7 +6,6 @@ Small enough that a trial trains in a second or two on one core.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -52,19 +51,6 @@ def classifier(x_train, y_train, x_val, y_val, params: dict[str, Any]):
         batch_size=int(params.get("batch_size", 32)),
         verbose=0,
     )
-    return history, model
-
-
-def measured(x_train, y_train, x_val, y_val, params: dict[str, Any]):
-    """Like ``classifier``; its history also tells the process that trained it (``worker_pid``)
-    and that process's resident memory in MB once trained (``worker_rss_mb``)."""
-    history, model = classifier(x_train, y_train, x_val, y_val, params)
-    epochs = len(history.history["loss"])
-    with open("/proc/self/statm") as statm:
-        resident_pages = int(statm.read().split()[1])
-    resident_mb = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    history.history["worker_pid"] = [float(os.getpid())] * epochs
-    history.history["worker_rss_mb"] = [resident_mb] * epochs
     return history, model
 
 

@@ -24,8 +24,10 @@ from orchestrator.trial.runner import TrialSettings, run_trial
 
 _logger = logging.getLogger(__name__)
 
-#: Environment every trial's worker starts with: quiet TensorFlow, Keras on TensorFlow.
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+#: Environment every trial's worker starts with: quiet TensorFlow, Keras on TensorFlow, and
+#: few malloc arenas: Tune runs each trial in a new thread, and glibc's arena per thread kept
+#: memory a worker had freed (tiny trials: 5 MB a trial without, 2 MB with, measured).
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "MALLOC_ARENA_MAX": "2"}
 #: How long the end of a sweep waits for an unreachable tracking server before leaving its
 #: remaining records in the journal for the next run.
 FLUSH_SECONDS = 30.0
