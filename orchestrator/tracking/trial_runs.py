@@ -219,7 +219,6 @@ class TrialRunRecorder(Callback):
         # already (a stopped trial), only totals and late additions are new.
         logged = outcome.metrics if int(result.get("epoch", 0)) <= outcome.logged_epoch else {}
         new = {name: value for name, value in final.items() if not _same(logged.get(name), value)}
-        self._log_metrics(outcome.run_id, new, int(final.get("epochs_trained", 0)))
         outcome.metrics = final
         run_tags = {
             tags.HOSTNAME: str(result.get("hostname", "")),
@@ -241,7 +240,9 @@ class TrialRunRecorder(Callback):
             run_tags[tags.CHECKPOINT] = trial.checkpoint.path
             if self._log_every_model:
                 log_model(self._writer, outcome)
-        self._set_tags(outcome.run_id, run_tags)
+        # One write for the totals and the tags: every write is a transaction of the store.
+        step = int(final.get("epochs_trained", 0))
+        self._log_metrics(outcome.run_id, new, step, run_tags)
         # A diverged trial ran to its end but produced no usable model: MLflow shows it failed.
         self._writer.set_terminated(outcome.run_id, "FAILED" if outcome.error else "FINISHED")
         self._finish(outcome)
@@ -310,13 +311,20 @@ class TrialRunRecorder(Callback):
         if self._on_trial_end is not None:
             self._on_trial_end(outcome)
 
-    def _log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+    def _log_metrics(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        step: int,
+        with_tags: Mapping[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         batch = [Metric(name, value, now, step) for name, value in metrics.items()]
-        if batch:
-            self._writer.log_batch(run_id, metrics=batch)
+        run_tags = [RunTag(key, value) for key, value in (with_tags or {}).items()]
+        if batch or run_tags:
+            self._writer.log_batch(run_id, metrics=batch, tags=run_tags)
 
     def _set_tags(self, run_id: str, values: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag

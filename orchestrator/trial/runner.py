@@ -21,7 +21,7 @@ from orchestrator.trial.reporting import (
     reporting_fit,
     with_metric_alias,
 )
-from orchestrator.trial.tensorflow_setup import configure_tensorflow
+from orchestrator.trial.tensorflow_setup import configure_tensorflow, trial_session
 
 _logger = logging.getLogger(__name__)
 
@@ -72,14 +72,23 @@ def run_trial(
 
     ``data`` reaches the worker through Ray's object store (put there once by
     ``tune.with_parameters``), so no trial regenerates or re-pickles it. Any exception of the
-    model function propagates: Tune records the trial as failed and the sweep goes on.
+    model function propagates: Tune records the trial as failed and the sweep goes on. Each trial
+    starts in a fresh Keras session and leaves no graph behind in the worker, which Tune reuses.
     """
+    configure_tensorflow(settings.cpus, settings.gpus, settings.gpu_memory_mb)
+    with trial_session():
+        _train(config, data, model_fn, settings)
+
+
+def _train(
+    config: dict[str, Any],
+    data: tuple[Any, Any, Any, Any],
+    model_fn: Callable[..., Any],
+    settings: TrialSettings,
+) -> None:
+    import keras
     from ray import tune
 
-    configure_tensorflow(settings.cpus, settings.gpus, settings.gpu_memory_mb)
-    import keras
-
-    keras.backend.clear_session()
     if settings.repeated:
         keras.utils.set_random_seed(training_seed(config, int(config[SEED]), repeated=True))
     elif settings.seed is not None:
@@ -145,7 +154,6 @@ def run_trial(
             _Resume.save(folder, model, int(final["epoch"]), final)
         checkpoint = tune.Checkpoint.from_directory(folder) if saved else None
         tune.report(final, checkpoint=checkpoint)
-    keras.backend.clear_session()
 
 
 class _Resume:

@@ -1,13 +1,21 @@
-"""Fitting TensorFlow to the share of the machine Ray gave a trial."""
+"""Fitting TensorFlow to the share of the machine Ray gave a trial, and leaving a reused worker
+as clean after a trial as before it."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 _logger = logging.getLogger(__name__)
 
 _configured = False
+_frozen = False
+#: TensorFlow names each ``tf.custom_gradient`` it traces with this prefix and a counter.
+_TRACED_GRADIENT = "CustomGradient-"
 
 
 def configure_tensorflow(cpus: float, gpus: float, gpu_memory_mb: int | None = None) -> None:
@@ -63,3 +71,50 @@ def _share_gpus(gpu_memory_mb: int | None) -> None:
             # A capped logical device and memory growth exclude each other in TensorFlow.
             limit = tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_mb)
             tf.config.set_logical_device_configuration(device, [limit])
+
+
+@contextlib.contextmanager
+def trial_session() -> Iterator[None]:
+    """A fresh Keras session for one trial, leaving nothing of the trial behind in the worker.
+
+    On entry the previous trial's models and graphs are cleared. On exit, the gradient functions
+    TensorFlow registered while tracing this trial's graphs are dropped: TensorFlow keeps each
+    one, with the whole graph it was traced in, in a registry for the life of the process, so a
+    worker reused for many trials would otherwise grow by a trial's graphs with every trial.
+
+    Clearing a session runs a full garbage collection, which walks every object of the process;
+    the modules imported before the first trial (TensorFlow's are hundreds of thousands of
+    objects) are set aside once, so each trial's collection walks only what trials made.
+    """
+    import keras
+
+    _freeze_imports()
+    keras.backend.clear_session()
+    registry = _gradient_registry()
+    before = set(registry)
+    try:
+        yield
+    finally:
+        for name in set(registry) - before:
+            if name.startswith(_TRACED_GRADIENT):
+                del registry[name]
+
+
+def _freeze_imports() -> None:
+    """Move every object alive now out of the garbage collector's sight, once per process."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+
+
+def _gradient_registry() -> dict[str, Any]:
+    """TensorFlow's process-wide registry of gradient functions (empty if it has moved)."""
+    try:
+        from tensorflow.python.framework import ops
+
+        registry = ops._gradient_registry._registry
+    except (ImportError, AttributeError):
+        return {}
+    return registry if isinstance(registry, dict) else {}
