@@ -34,7 +34,13 @@ from orchestrator.trial.runner import MODEL_FILENAME
 _logger = logging.getLogger(__name__)
 
 #: Totals the trials add to their last epoch's metrics; not metrics in Talos's table.
-_TOTALS = ("epochs_trained", "train_seconds", "trial_seconds", "diverged_epoch")
+_TOTALS = (
+    "epochs_trained",
+    "train_seconds",
+    "trial_seconds",
+    "diverged_epoch",
+    "model_weights",
+)
 #: Talos's result columns before the metrics, and after them.
 _LEADING = ("start", "end", "duration", "execution_time", "round_epochs", "_warnings")
 _TRAILING = ("_trial_id", "_param_hash")
