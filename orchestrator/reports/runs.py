@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.space.repeats import SEED
 from orchestrator.tracking import tags
-from orchestrator.tracking.leaderboard import find_sweep_run
+from orchestrator.tracking.leaderboard import find_sweep_run, trial_table
 from orchestrator.tracking.store import TrackingStore
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
-
-#: How runs of one combination rank when a resumed sweep holds several (a killed run and the
-#: run that trained it again): the one that counts is the first of these, then the newest.
-_STATUS_ORDER = {"finished": 0, "stopped": 0, "diverged": 1, "killed": 2, "running": 2}
 
 
 @dataclass
@@ -53,24 +49,16 @@ def read_trials(
     Raises:
         TrackingError: if the experiment or its sweep cannot be found.
     """
-    import mlflow
     import pandas as pd
 
     store = TrackingStore(tracking_uri)
     sweep_run = find_sweep_run(store, experiment, sweep_run_id)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the process's tracking URI.
-    try:
-        runs = mlflow.search_runs(
-            experiment_ids=[sweep_run.info.experiment_id],
-            filter_string=f"tags.`{tags.SWEEP_RUN_ID}` = '{sweep_run.info.run_id}'",
-            max_results=100_000,
-            output_format="pandas",
-        )
-    finally:
-        mlflow.set_tracking_uri(previous)
-    assert isinstance(runs, pd.DataFrame)
-    table = _trial_table(runs)
+    table = trial_table(store, sweep_run)
+    if table.empty:
+        table = pd.DataFrame(columns=["run_id", "trial", "status", "group"])
+    # A repeat's seed is logged as a parameter; here it tells repeats apart, not configurations.
+    seeds = table.pop(f"param:{SEED}") if f"param:{SEED}" in table else None
+    table["seed"] = pd.to_numeric(seeds, errors="coerce") if seeds is not None else float("nan")
     parameters = [c.removeprefix("param:") for c in table.columns if c.startswith("param:")]
     run_tags = sweep_run.data.tags
     return SweepTrials(
@@ -95,51 +83,3 @@ def metric_histories(
         latest = {point.step: point.value for point in sorted(points, key=lambda p: p.timestamp)}
         histories[run_id] = sorted(latest.items())
     return histories
-
-
-def _trial_table(runs: pd.DataFrame) -> pd.DataFrame:
-    import pandas as pd
-
-    columns = ["run_id", "trial", "status", "group", "seed"]
-    if runs.empty:
-        return pd.DataFrame(columns=columns)
-
-    def tag(name: str) -> pd.Series:
-        column = f"tags.{name}"
-        return runs[column] if column in runs else pd.Series([None] * len(runs), index=runs.index)
-
-    table = pd.DataFrame(
-        {
-            "run_id": runs["run_id"],
-            "trial": tag("mlflow.runName"),
-            "status": tag(tags.STATUS).fillna(runs["status"].str.lower()),
-            # Runs of sweeps older than repeats have no group: each combination is its own.
-            "group": tag(tags.GROUP).fillna(tag(tags.CONFIG_HASH)).fillna(runs["run_id"]),
-            "seed": pd.to_numeric(tag(tags.SEED), errors="coerce"),
-            "_combination": tag(tags.CONFIG_HASH).fillna(runs["run_id"]),
-            "_started": runs["start_time"],
-        }
-    )
-    for column in runs.columns:
-        if column.startswith("params.") and column != f"params.{SEED}":
-            table[f"param:{column.removeprefix('params.')}"] = runs[column].map(_parsed)
-        elif column.startswith("metrics."):
-            table[column.removeprefix("metrics.")] = pd.to_numeric(runs[column], errors="coerce")
-    ranks = table["status"].map(_STATUS_ORDER).fillna(3)
-    table = table.assign(_rank=ranks).sort_values(
-        ["_rank", "_started"], ascending=[True, False], kind="stable"
-    )
-    table = table.drop_duplicates("_combination").sort_values("_started", kind="stable")
-    return table.drop(columns=["_rank", "_started", "_combination"]).reset_index(drop=True)
-
-
-def _parsed(value: Any) -> Any:
-    """A parameter as logged (a string) read back as the number it was, if it was one."""
-    if not isinstance(value, str):
-        return value
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    return value

@@ -99,8 +99,7 @@ def leaderboard(
         else:
             ascending = any(word in sort for word in ("loss", "error", "seconds", "mse", "mae"))
 
-    runs = trial_runs(store, sweep_run)
-    table = _latest_per_combination(pd.DataFrame([_row(run) for run in runs]))
+    table = trial_table(store, sweep_run).drop(columns=["group"], errors="ignore")
     if table.empty:
         return table
     known = [column for column in table.columns if column not in _IDENTITY_COLUMNS]
@@ -130,6 +129,20 @@ def leaderboard(
 _IDENTITY_COLUMNS = ("rank", "trial", "status", "run_id", "error")
 
 
+def trial_table(store: TrackingStore, sweep_run: Run) -> pd.DataFrame:
+    """One row per trial of ``sweep_run``, in the order they started: for each combination the
+    run that counts (see :func:`_latest_per_combination`).
+
+    Columns: ``trial`` (the run's name), ``status``, ``run_id``, ``group`` (shared by the
+    repeats of one combination), each final metric by its name, ``param:NAME`` per parameter
+    (read back into numbers where they are numbers), and ``error`` where a trial failed.
+    """
+    import pandas as pd
+
+    runs = trial_runs(store, sweep_run)
+    return _latest_per_combination(pd.DataFrame([_row(run) for run in runs]))
+
+
 def _latest_per_combination(table: pd.DataFrame) -> pd.DataFrame:
     """One row per combination: a sweep resumed after a kill has the killed run and the run
     that trained the combination again; the table shows the one that counts (the best status,
@@ -145,8 +158,8 @@ def _latest_per_combination(table: pd.DataFrame) -> pd.DataFrame:
     keyed = ordered[ordered["_combination"].notna()]
     unkeyed = ordered[ordered["_combination"].isna()]
     kept = keyed.drop_duplicates("_combination", keep="first")
-    table = pd.concat([kept, unkeyed], ignore_index=True)
-    return table.drop(columns=["_rank", "_started", "_combination"])
+    table = pd.concat([kept, unkeyed], ignore_index=True).sort_values("_started", kind="stable")
+    return table.drop(columns=["_rank", "_started", "_combination"]).reset_index(drop=True)
 
 
 def _row(run: Run) -> dict[str, Any]:
@@ -156,6 +169,10 @@ def _row(run: Run) -> dict[str, Any]:
         "run_id": run.info.run_id,
         "_started": run.info.start_time or 0,
         "_combination": run.data.tags.get(tags.CONFIG_HASH),
+        # Runs of sweeps older than repeats have no group: each combination is its own.
+        "group": run.data.tags.get(tags.GROUP)
+        or run.data.tags.get(tags.CONFIG_HASH)
+        or run.info.run_id,
     }
     row.update(run.data.metrics)
     for name, value in run.data.params.items():
