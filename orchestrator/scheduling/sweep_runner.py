@@ -20,7 +20,7 @@ from orchestrator.space.grid import readable_value
 from orchestrator.sweep import Sweep
 from orchestrator.tracking import tags
 from orchestrator.tracking.store import TrackingStore, resolve_tracking_uri
-from orchestrator.trial.runner import TrialSettings, run_trial
+from orchestrator.trial.runner import TRIAL_TOTALS, TrialSettings, run_trial
 
 _logger = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-
-#: What every trial's run holds besides its model's metrics.
-TRIAL_TOTALS = (
-    "epochs_trained",
-    "train_seconds",
-    "trial_seconds",
-    "model_weights",
-    "diverged_epoch",
-)
 
 
 class MetricNotReportedError(OrchestratorError, ValueError):

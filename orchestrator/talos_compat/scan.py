@@ -29,18 +29,10 @@ from orchestrator.space import config_hash
 from orchestrator.space.grid import readable_value
 from orchestrator.space.sampling import parameter_combinations, talos_grid_size
 from orchestrator.sweep.imports import ship_by_value_if_local
-from orchestrator.trial.runner import MODEL_FILENAME
+from orchestrator.trial.runner import MODEL_FILENAME, TRIAL_TOTALS
 
 _logger = logging.getLogger(__name__)
 
-#: Totals the trials add to their last epoch's metrics; not metrics in Talos's table.
-_TOTALS = (
-    "epochs_trained",
-    "train_seconds",
-    "trial_seconds",
-    "diverged_epoch",
-    "model_weights",
-)
 #: Talos's result columns before the metrics, and after them.
 _LEADING = ("start", "end", "duration", "execution_time", "round_epochs", "_warnings")
 _TRAILING = ("_trial_id", "_param_hash")
@@ -331,7 +323,7 @@ def _deadline(time_limit: str | None) -> float | None:
 def _results_table(outcomes: list[Any], param_names: list[str]) -> pd.DataFrame:
     rows = []
     for outcome in outcomes:
-        metrics = {k: v for k, v in outcome.metrics.items() if k not in _TOTALS}
+        metrics = {k: v for k, v in outcome.metrics.items() if k not in TRIAL_TOTALS}
         duration = outcome.metrics.get("train_seconds", math.nan)
         row: dict[str, Any] = {
             "start": _iso(outcome.started_at),

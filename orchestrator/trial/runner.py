@@ -25,6 +25,16 @@ from orchestrator.trial.tensorflow_setup import configure_tensorflow, trial_sess
 
 _logger = logging.getLogger(__name__)
 
+#: What a trial reports besides its model's metrics (``trial_seconds`` is added by the driver);
+#: not metrics of the model, so never offered as one.
+TRIAL_TOTALS = (
+    "epochs_trained",
+    "train_seconds",
+    "trial_seconds",
+    "model_weights",
+    "diverged_epoch",
+)
+
 #: Set on the last result of a trial, the one that carries its model and its totals.
 FINAL_RESULT_KEY = "trial_final"
 #: Written into each trial's checkpoint when the model function returns a Keras model.
