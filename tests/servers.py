@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +45,26 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def orchestrator_ui(name: str, tracking_uri: str, folder: Path) -> Iterator[tuple[int, Path]]:
+    """``orchestrator ui NAME`` on a free loopback port, stopped on exit.
+
+    Yields the port and the file the command writes to (a file, not a pipe: a full pipe would
+    stall the server).
+    """
+    port = free_port()
+    log = folder / "ui.log"
+    command = [sys.executable, "-m", "orchestrator.cli.main", "ui", name]
+    command += ["--tracking-uri", tracking_uri, "--port", str(port)]
+    with log.open("w") as sink:
+        server = subprocess.Popen(command, stdout=sink, stderr=sink)
+    try:
+        yield port, log
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def port_is_open(host: str, port: int) -> bool:

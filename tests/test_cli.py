@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import orchestrator_ui
 
 from orchestrator.cli.main import main
 
@@ -167,25 +168,13 @@ def test_validate_shows_the_grid_and_the_first_trials(finished_sweep, capsys):
     assert "... and 2 more" in out
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_ui_serves_the_sweeps_store_on_loopback(run_output, finished_sweep, tmp_path):
     _, tracking = finished_sweep
-    port = free_port()
-    log = tmp_path / "ui.log"
-    command = [sys.executable, "-m", "orchestrator.cli.main", "ui", "cli-multibase"]
-    command += ["--tracking-uri", tracking, "--port", str(port)]
-    with log.open("w") as sink:  # A file, not a pipe: a full pipe would stall the server.
-        server = subprocess.Popen(command, stdout=sink, stderr=sink)
-    url = (
-        f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name"
-        "?experiment_name=cli-multibase"
-    )
-    try:
+    with orchestrator_ui("cli-multibase", tracking, tmp_path) as (port, log):
+        url = (
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name"
+            "?experiment_name=cli-multibase"
+        )
         body = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and body is None:
@@ -196,9 +185,6 @@ def test_ui_serves_the_sweeps_store_on_loopback(run_output, finished_sweep, tmp_
                 time.sleep(1)
         assert body is not None, log.read_text()[-2000:]
         assert body["experiment"]["name"] == "cli-multibase"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert f"MLflow UI on http://127.0.0.1:{port}/#/experiments/" in log.read_text()
 
 

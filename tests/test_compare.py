@@ -7,9 +7,6 @@ import contextlib
 import io
 import math
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +15,7 @@ import pandas as pd
 import pytest
 from browser import chromium, wait_for
 from mlflow import MlflowClient
+from servers import orchestrator_ui
 
 from orchestrator import load_sweep, run_sweep
 from orchestrator.cli.main import main
@@ -337,13 +335,7 @@ def test_the_ui_lists_the_sweeps_runs_in_chromium(repeated_sweep, tmp_path):
     _, tracking, result = repeated_sweep
     trial_names = {r.info.run_name for r in child_runs(tracking, result.sweep_run_id)}
     sweep_name = MlflowClient(tracking).get_run(result.sweep_run_id).info.run_name
-    port = free_port()
-    log = tmp_path / "ui.log"
-    command = [sys.executable, "-m", "orchestrator.cli.main", "ui", "repeated"]
-    command += ["--tracking-uri", tracking, "--port", str(port)]
-    with log.open("w") as sink:  # A file, not a pipe: a full pipe would stall the server.
-        server = subprocess.Popen(command, stdout=sink, stderr=sink)
-    try:
+    with orchestrator_ui("repeated", tracking, tmp_path) as (port, log):
         wait_until_serving(port, log)
         url = re.search(r"http://\S+", log.read_text())
         assert url is not None and url.group().endswith("/runs"), log.read_text()
@@ -356,17 +348,8 @@ def test_the_ui_lists_the_sweeps_runs_in_chromium(repeated_sweep, tmp_path):
             driver.find_element("xpath", f"{name}/preceding::button[1]").click()
             shown = wait_for(driver, lambda d: [n for n in trial_names if n in d.page_source])
             driver.save_screenshot(str(tmp_path / "ui.png"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     assert shown
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until_serving(port: int, log: Path, seconds: float = 120) -> None:
