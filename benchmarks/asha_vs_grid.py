@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import yaml
+from results_file import replace_section  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "search_spaces" / "multibase_addition_reference.yaml"
 ASHA = ROOT / "search_spaces" / "multibase_addition_reference_asha.yaml"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## ASHA against the full reference grid"
 WIDTHS = ("layer_1_text_input_neuron", "layer_1_base_input_neuron", "concatenated_layer_neuron")
 
@@ -115,19 +115,8 @@ def main() -> int:
                 "",
             ]
         )
-        write_section(section)
+        replace_section(HEADING, section)
     return 0
-
-
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if HEADING in text:
-        start = text.index(HEADING)
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import replace_section  # beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Orchestration overhead"
 MODES = ("loop", "talos", "sweep-1", "sweep-N")
 MB = 1024 * 1024
@@ -401,16 +402,6 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {memory_gb:.0f} GiB"
 
 
-def write_results(text: str) -> None:
-    """Put ``text`` in RESULTS.md in place of this benchmark's earlier section."""
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    start = current.find(HEADING)
-    if start >= 0:
-        end = current.find("\n## ", start + len(HEADING))
-        current = current[:start] + (current[end + 1 :] if end >= 0 else "")
-    RESULTS.write_text(current.rstrip() + "\n\n" + text.rstrip() + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -457,7 +448,7 @@ def main() -> int:
     )
     print(text)
     if args.write:
-        write_results(text)
+        replace_section(HEADING, text)
     return 0
 
 

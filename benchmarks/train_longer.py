@@ -30,11 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # After the log level, which TensorFlow reads on import.
 import keras
 import tensorflow as tf
+from results_file import RESULTS, replace_section  # beside this script
 
 from orchestrator.tasks.multibase_addition import build_and_fit, load_data
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Training the winner longer"
 COLUMNS = ("epoch", "wall s", "loss", "val_acc", "val_exact", "lr", "load")
 
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no epoch finished; nothing to record", file=sys.stderr)
         return 1
     if args.write:
-        write_section(
-            section(args, budget, started, load_before, os.getloadavg()[0], tf_threads())
+        replace_section(
+            HEADING, section(args, budget, started, load_before, os.getloadavg()[0], tf_threads())
         )
         print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     return 0
@@ -263,17 +263,6 @@ def options_note(args: argparse.Namespace) -> str:
         ("base fed with every character", args.base_to_encoder),
     ]
     return "".join(f", {note}" for note, on in notes if on)
-
-
-def write_section(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if HEADING in current:
-        start = current.index(HEADING)
-        end = current.find("\n## ", start + len(HEADING))
-        current = current[:start] + text + (current[end + 1 :] if end != -1 else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(current)
 
 
 if __name__ == "__main__":
