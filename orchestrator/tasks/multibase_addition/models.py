@@ -454,8 +454,7 @@ def predict_sums(
         **data_options: The :func:`~orchestrator.tasks.multibase_addition.data.load_data`
             keyword arguments the model was trained with (``max_operand``, ``terms``,
             ``bases``, ``reverse_text``, ``reverse_sum``; sampling options are ignored), so the
-            same dict can be
-            passed to both.
+            same dict can be passed to both.
 
     Returns:
         The predicted sums as decimal strings, trailing pad stripped.
