@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,7 @@ def find_sweep_run(store: TrackingStore, experiment: str, sweep_run_id: str | No
     """
     experiment_id = store.experiment_id(experiment, create=False)
     if sweep_run_id:
-        return store.client.get_run(sweep_run_id)
+        return _named_sweep_run(store, experiment, experiment_id, sweep_run_id)
     runs = store.client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{tags.KIND}` = 'sweep'",
@@ -44,6 +46,32 @@ def find_sweep_run(store: TrackingStore, experiment: str, sweep_run_id: str | No
     if not runs:
         raise TrackingError(f"experiment '{experiment}' in {store.uri} holds no sweep yet")
     return runs[0]
+
+
+def _named_sweep_run(
+    store: TrackingStore, experiment: str, experiment_id: str, sweep_run_id: str
+) -> Run:
+    """The sweep run with this id, refused unless it is a sweep of ``experiment``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = store.client.get_run(sweep_run_id)
+    except MlflowException:
+        run = None
+    if run is None:
+        raise TrackingError(
+            f"--sweep-run: no run '{sweep_run_id}' in {store.uri}; "
+            f"leave it out for experiment '{experiment}''s latest sweep"
+        )
+    if run.info.experiment_id != experiment_id or run.data.tags.get(tags.KIND) != "sweep":
+        what = "a trial" if run.data.tags.get(tags.KIND) == "trial" else "a run"
+        if run.info.experiment_id != experiment_id:
+            what += " of another experiment"
+        raise TrackingError(
+            f"--sweep-run: '{sweep_run_id}' is {what}, not a sweep of experiment "
+            f"'{experiment}'; give the sweep's parent run id, as 'orchestrator run' prints it"
+        )
+    return run
 
 
 def trial_runs(store: TrackingStore, sweep_run: Run) -> list[Run]:
@@ -174,7 +202,8 @@ def _row(run: Run) -> dict[str, Any]:
         or run.data.tags.get(tags.CONFIG_HASH)
         or run.info.run_id,
     }
-    row.update(run.data.metrics)
+    # MLflow stores an infinite value as the largest finite float; read it back as infinite.
+    row.update({name: _stored(value) for name, value in run.data.metrics.items()})
     for name, value in run.data.params.items():
         row[f"param:{name}"] = _parse(value)
     if tags.ERROR in run.data.tags:
@@ -197,6 +226,10 @@ def _order_columns(table: pd.DataFrame, sort: str) -> pd.DataFrame:
             ordered[column] = ordered[column].round().astype("Int64")
     ordered.attrs["parameters"] = [c.removeprefix("param:") for c in params]
     return ordered
+
+
+def _stored(value: float) -> float:
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
 
 
 def _parse(value: str) -> Any:
