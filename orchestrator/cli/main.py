@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--by", default="architecture", help="the parameter to compare (default: architecture)"
     )
     compare.add_argument(
-        "--out", help="folder for the HTML report, figures and csv (default: reports/NAME)"
+        "--out", help="folder for the HTML report, figures and csv (default: reports/NAME/PARAM)"
     )
     compare.add_argument("--sweep-run", help="a particular execution (default: the latest)")
     compare.add_argument("--tracking-uri", help="MLflow tracking URI")
@@ -373,7 +373,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"\n{result.verdict}")
     where = f"\nreport: {result.folder / REPORT_FILE}"
     if result.logged:
-        where += f" (also on sweep run {result.sweep_run_id}, under compare/)"
+        where += f" (also on sweep run {result.sweep_run_id}, under {result.artifact_dir}/)"
     print(where)
     return EXIT_OK
 
@@ -471,18 +471,39 @@ def _as_text(table: Any, top: int | None = None) -> str:
         if name in table and table[name].nunique(dropna=False) == 1 and len(table) > 1
     ]
     hidden = [c for c in ("run_id", "error") if c in table.columns] + fixed
-    shown = table.drop(columns=hidden).head(top) if top else table.drop(columns=hidden)
+    hidden += _accuracy_aliases(table)
+    shown = table.drop(columns=hidden)
+    if top:
+        shown = shown.head(top)
+    # Counts are nullable integers; as objects their missing values print as "-" like floats'.
+    counts = [c for c in shown.columns if str(shown[c].dtype) == "Int64"]
+    shown = shown.astype({c: object for c in counts})
     text = str(shown.to_string(index=False, float_format=_float, na_rep="-"))
+    if len(shown) < len(table):
+        text += f"\n… and {len(table) - len(shown)} more (--top N shows more)"
     if fixed:
         same = ", ".join(f"{name}={table[name].iloc[0]}" for name in fixed)
         text += f"\nsame in every trial: {same}"
     return text
 
 
+def _accuracy_aliases(table: Any) -> list[str]:
+    """Columns that repeat another under Keras's other accuracy spelling (``val_accuracy`` beside
+    ``val_acc``): a trial reports the sweep's metric under both names, the table shows it once."""
+    aliases = []
+    for stem in ("val_", ""):
+        short, long = f"{stem}acc", f"{stem}accuracy"
+        if short in table and long in table and table[short].equals(table[long]):
+            aliases.append(long)
+    return aliases
+
+
 def _float(value: float) -> str:
     if math.isnan(value):
         return "-"
-    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}" if abs(value) < 1e5 or abs(value) >= 1e15 else f"{value:.0f}"
 
 
 if __name__ == "__main__":
