@@ -22,10 +22,15 @@ from orchestrator.errors import (
 )
 from orchestrator.space import grid_size
 from orchestrator.space.distributions import Parameter, ParameterError, parameters
-from orchestrator.space.repeats import repeat_seeds, with_repeats
+from orchestrator.space.repeats import SEED, repeat_seeds, with_repeats
 from orchestrator.space.sampling import METHODS, parameter_combinations
 from orchestrator.space.search_space import continuous, expand, sample, takes_infinitely_many
-from orchestrator.sweep.imports import check_model_signature, check_options, resolve_callable
+from orchestrator.sweep.imports import (
+    check_model_signature,
+    check_options,
+    check_param_names,
+    resolve_callable,
+)
 from orchestrator.sweep.schema import SECTIONS, SweepSpec
 
 _logger = logging.getLogger(__name__)
@@ -175,6 +180,14 @@ class Sweep:
             check_model_signature(function)
         except ImportPathError as error:
             raise SweepFileError(self.source, "model", str(error)) from None
+        # A repeat's seed is the orchestrator's own parameter, there whatever the model reads.
+        for name in self.spec.params:
+            if name == SEED and self.spec.repeats > 1:
+                continue
+            try:
+                check_param_names(function, [name])
+            except ImportPathError as error:
+                raise SweepFileError(self.source, f"params.{name}", str(error)) from None
         return function
 
     def data_function(self) -> Callable[..., Any]:

@@ -84,7 +84,15 @@ class SearchSpec(_Strict):
                 "(how many combinations to draw)"
             )
         if self.method == "grid" and (self.trials or self.fraction):
-            raise ValueError("'trials' and 'fraction' size a sample; with 'method: grid' all run")
+            size = "trials" if self.trials else "fraction"
+            if "method" not in self.model_fields_set:
+                raise ValueError(
+                    f"'{size}' sizes a sample, so it needs a sampling method: add 'method: "
+                    "random' (or sobol, halton, latin, tpe); without one every combination runs"
+                )
+            raise ValueError(
+                f"'{size}' sizes a sample; with 'method: grid' every combination runs"
+            )
         if self.method == "tpe" and self.fraction is not None:
             raise ValueError("method 'tpe' is sized by 'trials: N', not by a fraction")
         return self

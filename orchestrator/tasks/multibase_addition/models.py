@@ -75,6 +75,21 @@ _REQUIRED_PARAMS = (
     "batch",
 )
 
+#: Every parameter the model functions read; a sweep naming another is refused before it runs
+#: (see :func:`orchestrator.sweep.imports.check_param_names`), so a misspelt `clip_norm` is not
+#: silently left at its default.
+PARAMETERS = (
+    "architecture",
+    *_REQUIRED_PARAMS,
+    "optimizer",
+    "mask_padding",
+    "base_to_encoder",
+    "clipnorm",
+    "lr_patience",
+    "lr_factor",
+    "lr_min",
+)
+
 # One predict call over the whole validation set is far cheaper than many small ones.
 _PREDICT_BATCH_SIZE = 4096
 
@@ -436,6 +451,10 @@ def build_and_fit(
     return model_functions[architecture](
         x_train, y_train, x_val, y_val, params, callbacks=callbacks
     )
+
+
+for _function in (repeat_vector, encoder_decoder, build_and_fit):
+    _function.accepted_params = PARAMETERS  # type: ignore[attr-defined]
 
 
 def predict_sums(
