@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TrackingError
+from orchestrator.space.repeats import SEED
 from orchestrator.tracking import tags
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Comparison:
         table: one row per value of ``by`` (see :func:`orchestrator.reports.compare.compare`).
         verdict: whether the top two differ by more than the noise, in a sentence.
         folder: where the report was written; ``files`` what was written there.
-        logged: whether the folder was logged on the sweep's run (under ``compare/``).
+        logged: whether the folder was logged on the sweep's run, under ``artifact_dir``.
     """
 
     sweep: str
@@ -55,6 +56,11 @@ class Comparison:
     folder: Path
     files: list[str] = field(default_factory=list)
     logged: bool = False
+
+    @property
+    def artifact_dir(self) -> str:
+        """Where the report lies among the sweep run's artifacts: one folder per parameter."""
+        return f"{tags.COMPARE_ARTIFACT_DIR}/{_safe(self.by)}"
 
 
 def compare_sweep(
@@ -71,8 +77,8 @@ def compare_sweep(
         tracking_uri: the MLflow store.
         experiment: the sweep's experiment; its latest execution unless ``sweep_run_id``.
         by: the parameter whose values are compared.
-        out: the folder for the report; ``reports/<experiment>`` by default.
-        log: also log the report's files on the sweep's parent run, under ``compare/``.
+        out: the folder for the report; ``reports/<experiment>/<by>`` by default.
+        log: also log the report's files on the sweep's parent run, under ``compare/<by>/``.
 
     Raises:
         TrackingError: if the sweep cannot be found, has no trials, or no parameter ``by``
@@ -87,11 +93,17 @@ def compare_sweep(
         raise TrackingError(f"the latest sweep of '{experiment}' has no trials yet")
     if by not in sweep.parameters:
         known = ", ".join(sweep.parameters)
+        if by == SEED:
+            raise TrackingError(
+                f"--by {by}: the seeds are what each value's mean and interval are taken over, "
+                f"not a parameter to compare; compare one of: {known}"
+            )
         raise TrackingError(f"--by {by}: the sweep has no such parameter; its parameters: {known}")
     table = compare.compare(trials, by, sweep.metric, sweep.mode, sweep.parameters)
     verdict = compare.verdict(table, by, sweep.metric)
 
-    folder = Path(out) if out else Path("reports") / _safe(experiment)
+    # One folder per parameter compared, so comparing by another keeps the first report.
+    folder = Path(out) if out else Path("reports") / _safe(experiment) / _safe(by)
     folder.mkdir(parents=True, exist_ok=True)
     healthy = trials[trials["status"].isin(compare.HEALTHY)]
     order = list(table[by])
@@ -218,7 +230,7 @@ def _log_on_sweep_run(tracking_uri: str, result: Comparison) -> bool:
     try:
         for name in result.files:
             client.log_artifact(
-                result.sweep_run_id, str(result.folder / name), tags.COMPARE_ARTIFACT_DIR
+                result.sweep_run_id, str(result.folder / name), result.artifact_dir
             )
     except Exception as error:  # The report is on disk either way; say why it is not in MLflow.
         _logger.warning("report not logged on sweep run %s: %s", result.sweep_run_id, error)
