@@ -94,8 +94,12 @@ def test_a_tuple_is_start_stop_steps_as_talos_documents():
 
 
 def test_a_bare_scalar_parameter_is_a_clear_error():
-    with pytest.raises(SearchSpaceError, match=r"^params: .*'lr'.*list"):
+    with pytest.raises(SearchSpaceError) as caught:
         parameter_combinations({"lr": 0.01, "units": [4]})
+
+    assert str(caught.value) == (
+        "params['lr']: got 0.01; accepted: a list such as [0.01], or a (start, stop, steps) tuple"
+    )
 
 
 def test_a_fraction_that_rounds_to_no_trial_names_the_grid_and_what_works():

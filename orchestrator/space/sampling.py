@@ -43,12 +43,16 @@ def talos_grid_size(params: Mapping[str, Any]) -> int:
     """Size of the grid of a Talos params dict (lists and ``(start, stop, steps)`` tuples)."""
     from talos.parameters.ParamSpace import normalize_domains
 
+    for name, value in params.items():
+        if not isinstance(value, (list, tuple)):
+            raise SearchSpaceError(
+                f"params['{name}']: got {value!r}; accepted: a list such as [{value!r}], "
+                "or a (start, stop, steps) tuple"
+            )
     try:
         domains = normalize_domains(dict(params))
     except (TypeError, ValueError) as error:
-        raise SearchSpaceError(
-            f"params: {error} Write a list, or a (start, stop, steps) tuple."
-        ) from None
+        raise SearchSpaceError(f"params: {error}") from None
     return math.prod(len(values) for values in domains.values())
 
 
