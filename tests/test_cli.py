@@ -156,6 +156,42 @@ def test_results_for_an_unknown_sweep_lists_the_known_ones(finished_sweep, capsy
     assert "no experiment named 'nope'" in err
 
 
+def test_results_refuses_a_sweep_run_that_is_not_one_of_this_sweeps(
+    run_output, finished_sweep, capsys
+):
+    _, tracking = finished_sweep
+    _, out, _ = run_cli(
+        capsys, "results", "cli-multibase", "--tracking-uri", tracking, "--format", "json"
+    )
+    a_trial = json.loads(out)[0]["run_id"]
+
+    for run_id, says in [("abc", "no run 'abc'"), (a_trial, f"'{a_trial}' is a trial")]:
+        code, out, err = run_cli(
+            capsys, "results", "cli-multibase", "--tracking-uri", tracking, "--sweep-run", run_id
+        )
+        assert code == 2
+        assert out == ""
+        assert err.startswith(f"error: --sweep-run: {says}"), err
+        assert err.count("\n") == 1
+
+
+def test_results_shows_the_top_rows_says_how_many_more_and_one_accuracy_column(
+    run_output, finished_sweep, capsys
+):
+    _, tracking = finished_sweep
+
+    code, out, _ = run_cli(
+        capsys, "results", "cli-multibase", "--tracking-uri", tracking, "--top", "3"
+    )
+
+    assert code == 0
+    assert len(trial_order(out)) == 3
+    assert "… and 1 more (--top N shows more)" in out
+    header = out.splitlines()[0].split()
+    assert "val_acc" in header
+    assert "val_accuracy" not in header  # The same values under Keras's other spelling.
+
+
 def test_validate_shows_the_grid_and_the_first_trials(finished_sweep, capsys):
     path, _ = finished_sweep
 

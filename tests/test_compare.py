@@ -290,11 +290,25 @@ def test_compare_logs_its_report_on_the_sweep_run(compared, repeated_sweep):
     _, tracking, result = repeated_sweep
     client = MlflowClient(tracking)
 
-    logged = {a.path for a in client.list_artifacts(result.sweep_run_id, "compare")}
+    logged = {a.path for a in client.list_artifacts(result.sweep_run_id, "compare/units")}
 
-    assert {"compare/report.html", "compare/comparison.csv"} <= logged
+    assert {"compare/units/report.html", "compare/units/comparison.csv"} <= logged
     sweep = find_sweep_run(TrackingStore(tracking), "repeated")
     assert sweep.info.run_id == result.sweep_run_id
+
+
+def test_compare_writes_by_default_to_a_folder_of_the_sweep_and_the_parameter(
+    repeated_sweep, tmp_path, monkeypatch, capsys
+):
+    path, _, _ = repeated_sweep
+    monkeypatch.chdir(tmp_path)
+
+    code = main(["compare", str(path), "--by", "units"])
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "report: reports/repeated/units/report.html" in printed
+    assert (tmp_path / "reports" / "repeated" / "units" / "comparison.csv").is_file()
 
 
 def test_compare_by_a_parameter_the_sweep_lacks_names_the_ones_it_has(repeated_sweep, capsys):
@@ -305,6 +319,12 @@ def test_compare_by_a_parameter_the_sweep_lacks_names_the_ones_it_has(repeated_s
     err = capsys.readouterr().err
     assert code == 2
     assert "--by architecture: the sweep has no such parameter; its parameters: " in err
+
+    code = main(["compare", str(path), "--by", "seed"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--by seed: the seeds are what each value's mean and interval are taken over" in err
 
 
 # In a browser: the report as a reader sees it, and the sweep in the MLflow UI.

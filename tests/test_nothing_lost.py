@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def runs_of(uri: str, experiment: str) -> list:
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_nan_loss_is_recorded_diverged_and_ranked_after_every_healthy_trial(
-    tmp_path, tracking_uri
+    tmp_path, tracking_uri, capsys
 ):
     # Case C04: SGD at a learning rate of 50 beside sane ones.
     path = write(tmp_path, "nan", lr="[50, 0.05, 0.01]", optimizer="sgd", units="[8]", epochs=6)
@@ -91,6 +92,13 @@ def test_a_nan_loss_is_recorded_diverged_and_ranked_after_every_healthy_trial(
     assert epoch == run.data.metrics["epochs_trained"] < 6  # Training stopped at the NaN.
     assert result.best.params["lr"] in (0.05, 0.01)
     assert result.failed == 1
+    # The terminal table shows an infinite loss as inf (MLflow stores it as the largest float)
+    # and a missing count as "-", like every other missing value.
+    assert main(["results", "nan", "--tracking-uri", tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert not re.search(r"\d{20}", out), out
+    assert "<NA>" not in out
+    assert "diverged" in out.splitlines()[3]
 
 
 @pytest.mark.usefixtures("ray_session")
