@@ -463,6 +463,8 @@ def _print_leaderboard(uri: str, experiment: str, top: int, sweep_run_id: str) -
 def _as_text(table: Any, top: int | None = None) -> str:
     """The leaderboard for a terminal, best ``top`` rows; parameters equal in every trial (of
     the whole table, not only the rows shown) are listed once below it."""
+    import pandas as pd
+
     if table.empty:
         return "(no trials)"
     fixed = [
@@ -474,10 +476,10 @@ def _as_text(table: Any, top: int | None = None) -> str:
     hidden += _accuracy_aliases(table)
     shown = table.drop(columns=hidden)
     if top:
-        shown = shown.head(top)
-    # Counts are nullable integers; as objects their missing values print as "-" like floats'.
-    counts = [c for c in shown.columns if str(shown[c].dtype) == "Int64"]
-    shown = shown.astype({c: object for c in counts})
+        shown = shown.head(top).copy()
+    # Counts are nullable integers, whose missing values would print as <NA>; "-" as for floats.
+    for column in [c for c in shown.columns if str(shown[c].dtype) == "Int64"]:
+        shown[column] = [str(v) if v is not pd.NA else "-" for v in shown[column]]
     text = str(shown.to_string(index=False, float_format=_float, na_rep="-"))
     if len(shown) < len(table):
         text += f"\n… and {len(table) - len(shown)} more (--top N shows more)"
