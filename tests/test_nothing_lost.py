@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,6 +143,15 @@ def test_the_command_says_how_many_trials_failed_and_exits_1(tmp_path, tracking_
     assert "2 finished, 1 failed, 0 diverged" in out
     assert "failed: trial-" in out
     assert "RuntimeError: units=13 is not supported by this layer" in out
+    # In MLflow: the failed trial ranks last, with its reason, and the others completed.
+    table = leaderboard(tracking_uri, "flaky")
+    assert list(table["status"]) == ["finished", "finished", "failed"]
+    failed = table.iloc[-1]
+    assert failed["units"] == 13
+    assert "RuntimeError: units=13 is not supported" in failed["error"]
+    assert MlflowClient(tracking_uri).get_run(failed["run_id"]).info.status == "FAILED"
+    parent = find_sweep_run(TrackingStore(tracking_uri), "flaky")
+    assert parent.data.metrics["trials_failed"] == 1
 
 
 # Running a sweep again: resumes, keeps what finished, refuses a live duplicate.
@@ -247,13 +256,22 @@ def command_line(pid: int) -> str:
         return "?"
 
 
+@pytest.fixture(scope="session")
+def agents_of_killed_drivers() -> Iterator[set[int]]:
+    """Ray's node agents of drivers the tests killed; they must have exited by the session's
+    end (they take a minute, so no test waits for them)."""
+    agents: set[int] = set()
+    yield agents
+    Driver.wait_gone(agents, seconds=120)
+
+
 class Driver:
     """``orchestrator run`` in a child process, stopped by a signal when a condition holds."""
 
-    def __init__(self, path: Path, uri: str, home: Path) -> None:
+    def __init__(self, path: Path, uri: str, home: Path, agents: set[int]) -> None:
         self.path, self.uri = path, uri
         self.environment = {**os.environ, "ORCHESTRATOR_HOME": str(home)}
-        self.agents: set[int] = set()  # Ray's agents of killed drivers, checked at the end.
+        self.agents = agents  # Ray's agents of killed drivers, checked at the session's end.
 
     def run(
         self, until: Callable[[list], bool] | None = None, signal_number: int = signal.SIGKILL
@@ -277,8 +295,8 @@ class Driver:
                     process.send_signal(signal_number)
                     code = process.wait(timeout=120)
                     # Ray's node agents try for a minute to tell the dead head that their raylet
-                    # died before they exit; they train nothing meanwhile, so the next run need
-                    # not wait for them. Everything else must be gone before it starts.
+                    # died before they exit; they train nothing meanwhile, so nothing waits for
+                    # them. Everything else must be gone before the next run starts.
                     agents = {pid for pid in below if "Agent" in command_line(pid)}
                     self.wait_gone(below - agents, seconds=60)
                     self.agents |= agents
@@ -314,11 +332,11 @@ def finished(runs: list) -> int:
 
 
 def test_a_sweep_killed_at_any_point_and_run_again_ends_with_each_combination_once(
-    tmp_path,
+    tmp_path, agents_of_killed_drivers
 ):
     path = write(tmp_path, "resume", units="[2, 3, 4, 5, 6, 7]", lr="[0.05, 0.1]", epochs=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    driver = Driver(path, uri, tmp_path / "home")
+    driver = Driver(path, uri, tmp_path / "home", agents_of_killed_drivers)
 
     # Before the first trial ends; after a few (Ctrl-C); mid-sweep; during the last trial.
     assert driver.run(lambda runs: len(runs) >= 1 and finished(runs) == 0) == -signal.SIGKILL
@@ -326,7 +344,6 @@ def test_a_sweep_killed_at_any_point_and_run_again_ends_with_each_combination_on
     assert driver.run(lambda runs: finished(runs) >= 7) == -signal.SIGKILL
     assert driver.run(lambda runs: finished(runs) >= 11) == -signal.SIGKILL
     assert driver.run() == 0
-    driver.wait_gone(driver.agents, seconds=120)  # Ray's agents exit on their own, too.
 
     runs = driver.trials()
     assert not [run for run in runs if run.info.status == "RUNNING"]
