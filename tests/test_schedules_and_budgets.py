@@ -84,7 +84,9 @@ def test_population_based_training_copies_good_trials_into_poor_ones(tmp_path, t
     path = write(
         tmp_path,
         "population",
-        f"  lr: [0.05, 0.00001, 0.00002, 0.03]\n  epochs: [{EPOCHS}]",
+        # A second an epoch: a trial that starts a little later still meets the other's
+        # results at its perturbation points, however busy the machine.
+        f"  lr: [0.05, 0.00001, 0.00002, 0.03]\n  epochs: [{EPOCHS}]\n  epoch_seconds: [1]",
         "schedule: {scheduler: pbt, perturbation_interval: 2, mutations: [lr]}",
     )
 

@@ -23,7 +23,10 @@ def blobs(n: int = 400, features: int = 4, classes: int = 3, seed: int = 0) -> t
 
 
 def classifier(x_train, y_train, x_val, y_val, params: dict[str, Any]):
-    """One hidden layer; params: units, lr, epochs, batch_size, optimizer, metric."""
+    """One hidden layer; params: units, lr, epochs, batch_size, optimizer, metric, and
+    epoch_seconds (a pause after each epoch, so that concurrent trials overlap in epochs)."""
+    import time
+
     import keras
 
     model = keras.Sequential(
@@ -50,6 +53,11 @@ def classifier(x_train, y_train, x_val, y_val, params: dict[str, Any]):
         epochs=int(params.get("epochs", 2)),
         batch_size=int(params.get("batch_size", 32)),
         verbose=0,
+        callbacks=[
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda *_: time.sleep(float(params.get("epoch_seconds", 0)))
+            )
+        ],
     )
     return history, model
 
