@@ -8,7 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,20 +66,17 @@ def check_model_signature(function: Callable[..., Any]) -> None:
         return
 
 
-def check_param_names(function: Callable[..., Any], names: Iterable[str]) -> None:
+def check_param_name(function: Callable[..., Any], name: str) -> None:
     """Raise ImportPathError if ``function`` lists the parameters it reads, as an
-    ``accepted_params`` attribute, and ``names`` holds another (a misspelling, most often)."""
+    ``accepted_params`` attribute, and ``name`` is not one of them (a misspelling, most often)."""
     accepted = getattr(function, "accepted_params", None)
-    if accepted is None:
+    if accepted is None or name in accepted:
         return
-    for name in names:
-        if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ImportPathError(
-                f"{_name(function)} reads no parameter '{name}'; {hint}"
-                f"accepted: {', '.join(accepted)}"
-            )
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ImportPathError(
+        f"{_name(function)} reads no parameter '{name}'; {hint}accepted: {', '.join(accepted)}"
+    )
 
 
 def check_options(function: Callable[..., Any], options: Mapping[str, Any]) -> None:

@@ -28,7 +28,7 @@ from orchestrator.space.search_space import continuous, expand, sample, takes_in
 from orchestrator.sweep.imports import (
     check_model_signature,
     check_options,
-    check_param_names,
+    check_param_name,
     resolve_callable,
 )
 from orchestrator.sweep.schema import SECTIONS, SweepSpec
@@ -185,7 +185,7 @@ class Sweep:
             if name == SEED and self.spec.repeats > 1:
                 continue
             try:
-                check_param_names(function, [name])
+                check_param_name(function, name)
             except ImportPathError as error:
                 raise SweepFileError(self.source, f"params.{name}", str(error)) from None
         return function

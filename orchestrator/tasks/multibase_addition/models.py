@@ -76,7 +76,7 @@ _REQUIRED_PARAMS = (
 )
 
 #: Every parameter the model functions read; a sweep naming another is refused before it runs
-#: (see :func:`orchestrator.sweep.imports.check_param_names`), so a misspelt `clip_norm` is not
+#: (see :func:`orchestrator.sweep.imports.check_param_name`), so a misspelt `clip_norm` is not
 #: silently left at its default.
 PARAMETERS = (
     "architecture",
