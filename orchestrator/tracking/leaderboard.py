@@ -61,7 +61,7 @@ def _named_sweep_run(
     if run is None:
         raise TrackingError(
             f"--sweep-run: no run '{sweep_run_id}' in {store.uri}; "
-            f"leave it out for experiment '{experiment}''s latest sweep"
+            f"leave --sweep-run out to read the latest sweep of experiment '{experiment}'"
         )
     if run.info.experiment_id != experiment_id or run.data.tags.get(tags.KIND) != "sweep":
         what = "a trial" if run.data.tags.get(tags.KIND) == "trial" else "a run"
