@@ -124,9 +124,9 @@ def test_a_relative_sqlite_store_lands_in_the_directory_the_sweep_started_from(
 
 
 def test_eight_concurrent_trials_on_sqlite_keep_every_epoch(write_sweep, tracking_uri):
-    # Eight trials at a quarter CPU each run at once on two cores, 10 epochs each.
+    # Case C09: eight trials at a quarter CPU each run at once on two cores, 20 epochs each.
     units = "[2, 3, 4, 5, 6, 7, 8, 9]"
-    sweep = sweep_file(write_sweep, name="busy", units=units, epochs=10, cpus=0.25)
+    sweep = sweep_file(write_sweep, name="busy", units=units, epochs=20, cpus=0.25)
 
     result = run_sweep(sweep, tracking_uri=tracking_uri)
 
@@ -135,7 +135,7 @@ def test_eight_concurrent_trials_on_sqlite_keep_every_epoch(write_sweep, trackin
     for outcome in result.outcomes:
         for metric in ("loss", "val_loss", "val_acc"):
             steps = [p.step for p in client.get_metric_history(outcome.run_id, metric)]
-            assert sorted(steps) == list(range(1, 11)), (outcome.name, metric)
+            assert sorted(steps) == list(range(1, 21)), (outcome.name, metric)
 
 
 def test_a_function_that_trains_without_fit_reports_its_history(write_sweep, tracking_uri):
