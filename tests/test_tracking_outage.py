@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from orchestrator import load_sweep, run_sweep
 from orchestrator.cli.main import main
 from orchestrator.scheduling import sweep_runner
 from orchestrator.tracking import leaderboard, load_best_model, tags
+from orchestrator.tracking.delivery import RunWriter, replay_journals
 from orchestrator.tracking.leaderboard import find_sweep_run, trial_runs
 from orchestrator.tracking.store import TrackingStore
 
@@ -57,6 +61,21 @@ def assert_every_trial_recorded(uri: str) -> None:
     assert list(leaderboard(uri, "outage")["status"]) == ["finished"] * len(UNITS)
 
 
+def waiting_runs(folder: Path) -> set[str]:
+    """The runs (their ids as the sweep knows them) with writes in a journal, not yet sent."""
+    waiting: dict[tuple[str, int], str] = {}
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "seq" in record:
+                arguments = record["args"]
+                run = arguments.get("run_id") or arguments.get("local_id")
+                waiting[(path.name, record["seq"])] = run
+            elif "ack" in record:
+                waiting.pop((path.name, record["ack"]), None)
+    return set(waiting.values())
+
+
 def test_a_server_outage_mid_sweep_and_at_its_end_loses_no_trial(
     server, tmp_path, orchestrator_home, monkeypatch
 ):
@@ -73,7 +92,14 @@ def test_a_server_outage_mid_sweep_and_at_its_end_loses_no_trial(
         elif len(ended) == 3:
             server.start()
         elif len(ended) == 5:
-            waiting.extend((orchestrator_home / "pending").glob("*.jsonl"))
+            # The writer sends from its own thread; it tries again within seconds.
+            sent_meanwhile = {outcome.run_id for outcome in ended[:3]}
+            deadline = time.monotonic() + 20
+            while waiting_runs(orchestrator_home / "pending") & sent_meanwhile:
+                if time.monotonic() > deadline:
+                    waiting.extend(waiting_runs(orchestrator_home / "pending") & sent_meanwhile)
+                    break
+                time.sleep(0.2)
             server.stop(crash=True)
 
     result = run_sweep(
@@ -91,3 +117,40 @@ def test_a_server_outage_mid_sweep_and_at_its_end_loses_no_trial(
     assert not Path(result.journal).exists()
     assert_every_trial_recorded(server.url)
     assert load_best_model(server.url, "outage") is not None
+
+
+def test_a_run_created_in_one_outage_is_named_by_its_real_id_in_the_next(
+    server, tmp_path, monkeypatch
+):
+    # Created while away, delivered when back (the journal empties and is removed), written to
+    # while away again: the new journal must name the run by MLflow's id, or a later process,
+    # which never saw the first journal, could not send it.
+    for name, value in sweep_runner.HTTP_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+    client = MlflowClient(server.url)
+    experiment = client.create_experiment(f"writer-{tmp_path.name}")
+    writer = RunWriter(client, server.url, "two-outages", folder=tmp_path, background=True)
+    server.stop(crash=True)
+    local_id = writer.create_run(experiment, "trial", {})
+    assert local_id.startswith("pending-")
+    server.start()
+    deadline = time.monotonic() + 30
+    while writer.pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert writer.pending == 0
+    assert not writer.journal.path.exists()
+    real_id = writer.real_id(local_id)
+    assert client.get_run(real_id).info.run_name == "trial"
+
+    server.stop(crash=True)
+    writer.log_batch(local_id, metrics=[Metric("val_acc", 0.5, 0, 1)])
+    writer.set_terminated(local_id, "FINISHED")
+    # While a live writer holds its journal, a sync elsewhere leaves it to that writer.
+    assert replay_journals(client, server.url, folder=tmp_path) == (0, 0)
+    assert not writer.stop_background(2.0)
+    assert writer.pending == 2
+    server.start()
+    assert replay_journals(client, server.url, folder=tmp_path) == (2, 0)
+    run = client.get_run(real_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"val_acc": 0.5}

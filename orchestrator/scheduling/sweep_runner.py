@@ -32,9 +32,10 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "MALLO
 #: remaining records in the journal for the next run.
 FLUSH_SECONDS = 30.0
 #: MLflow client settings while a sweep runs against a server (the user's own values win).
-#: Retries are few and short, so an outage holds up the scheduling of trials for seconds, not
-#: minutes (the journal keeps what the server did not take); and MLflow does not print a link
-#: on the terminal for every run it closes.
+#: Retries are few and short, so that after an outage the kept records are sent within seconds
+#: of the server's return, and the end of a sweep waits seconds, not minutes, for a server that
+#: is away (the journal keeps what it did not take); and MLflow does not print a link on the
+#: terminal for every run it closes.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -306,7 +307,9 @@ def execute(
         if on_trial_end is not None:
             on_trial_end(outcome)
 
-    writer = RunWriter(store.client, store.uri, journal_label(store.uri, sweep_run_id))
+    # Trials' writes leave Tune's scheduling loop at once: a thread delivers them.
+    label = journal_label(store.uri, sweep_run_id)
+    writer = RunWriter(store.client, store.uri, label, background=True)
     earlier_outcomes = [outcome_of(run) for run in done.values()]
     recorder = TrialRunRecorder(
         writer,
@@ -349,7 +352,7 @@ def execute(
         raise
     finally:
         recorder.close_unfinished()
-        if writer.pending and not writer.flush_within(FLUSH_SECONDS):
+        if not writer.flush_within(FLUSH_SECONDS):  # Ends the background thread too.
             _logger.warning("MLflow at %s still does not answer", store.uri)
         for outcome in recorder.outcomes.values():
             outcome.run_id = writer.real_id(outcome.run_id)

@@ -9,6 +9,11 @@ disk, and the next ``orchestrator run`` or ``orchestrator sync`` against the sam
 
 Runs created while the store is away get a local id, replaced by MLflow's own when the
 creation is delivered; every later write to that run is sent under the real id.
+
+While trials run, a writer started with ``background=True`` sends from a thread of its own:
+every write goes to the journal (a line appended to a file: a killed driver loses none) and the
+thread delivers it, so a store that takes milliseconds or seconds to answer never holds up the
+scheduling of trials. The journal's lock file tells other processes that it is being sent.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: journals are not locked.
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -29,8 +40,10 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-#: Seconds between attempts to reach a store that did not answer.
+#: Seconds between attempts to reach a store that did not answer; a background writer tries
+#: more often, as its attempts hold up nothing.
 RETRY_SECONDS = 5.0
+BACKGROUND_RETRY_SECONDS = 1.0
 #: Prefix of the ids given to runs created while the store was unreachable.
 _LOCAL_ID = "pending-"
 #: MLflow's error codes for a store that could not be reached or could not answer now.
@@ -68,16 +81,33 @@ class RunWriter:
         uri: the store's URI, recorded in the journal so it is only ever sent there.
         label: names the journal file (the sweep's run id, say).
         folder: where the journal is kept; :func:`journal_folder` by default.
+        background: deliver every write from a thread, through the journal, until
+            :meth:`stop_background`.
     """
 
     def __init__(
-        self, client: MlflowClient, uri: str, label: str, folder: Path | None = None
+        self,
+        client: MlflowClient,
+        uri: str,
+        label: str,
+        folder: Path | None = None,
+        background: bool = False,
     ) -> None:
         self._client = client
         self.uri = uri
         self.journal = Journal((folder or journal_folder()) / f"{_safe(label)}.jsonl", uri)
         self._retry_at = 0.0
         self._warned = False
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if background:
+            self.journal.hold()
+            self.journal.durable = False  # Flushed to the system, not to the disk, each line.
+            self._thread = threading.Thread(
+                target=self._deliver, name="orchestrator-mlflow", daemon=True
+            )
+            self._thread.start()
 
     @property
     def pending(self) -> int:
@@ -91,7 +121,7 @@ class RunWriter:
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         """Create a run; its id is MLflow's, or a local one while the store is away."""
         arguments = {"experiment_id": experiment_id, "run_name": run_name, "tags": tags}
-        if self._can_send():
+        if self._thread is None and self._can_send():
             try:
                 return str(_send(self._client, "create_run", arguments, self.journal.run_ids))
             except Exception as error:
@@ -100,6 +130,7 @@ class RunWriter:
                 self._went_away(error)
         local_id = f"{_LOCAL_ID}{uuid.uuid4().hex}"
         self.journal.append("create_run", {**arguments, "local_id": local_id})
+        self._wake.set()
         return local_id
 
     def log_batch(
@@ -137,6 +168,8 @@ class RunWriter:
 
     def flush(self) -> bool:
         """Send what the journal holds; True when nothing is left to send."""
+        if self._thread is not None:
+            return self.stop_background(0.0)
         if not self.journal.pending:
             return True
         try:
@@ -151,8 +184,64 @@ class RunWriter:
         self._warned = False
         return True
 
+    def stop_background(self, seconds: float) -> bool:
+        """Let the thread send what waits, for up to ``seconds``, then stop it; writes from
+        then on are sent at once, as without ``background``. True when nothing waits."""
+        if self._thread is None:
+            return not self.journal.pending
+        deadline = time.monotonic() + seconds
+        while self.journal.pending and time.monotonic() < deadline and self._thread.is_alive():
+            self._wake.set()
+            time.sleep(0.01)
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        self.journal.durable = True
+        self.journal.release()
+        return not self.journal.pending
+
+    def _deliver(self) -> None:
+        """The background thread: send the journal whenever a write comes, until stopped."""
+        while not self._stopping:
+            self._wake.wait(RETRY_SECONDS)
+            self._wake.clear()
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:  # The store did not answer a moment ago.
+                time.sleep(min(wait, BACKGROUND_RETRY_SECONDS))
+            try:
+                self._send_journal()
+            except Exception:  # The thread must outlive any one write; the journal keeps it.
+                _logger.exception("sending the sweep's records to MLflow failed")
+                time.sleep(RETRY_SECONDS)
+
+    def _send_journal(self) -> None:
+        while self.journal.pending:
+            try:
+                self.journal.replay(self._client)
+            except Exception as error:
+                if is_unreachable(error):
+                    self._went_away(error)
+                    return
+                # A write the store refuses would be refused again: say so, and go on.
+                operation = self.journal.drop_first()
+                _logger.error(
+                    "MLflow at %s refused a %s (%s: %s); it is left out",
+                    self.uri,
+                    operation,
+                    type(error).__name__,
+                    str(error).strip().splitlines()[0][:200] if str(error).strip() else "",
+                )
+                continue
+            self._retry_at = 0.0
+            if self._warned:
+                _logger.warning("MLflow at %s answers again; the kept records were sent", self.uri)
+                self._warned = False
+
     def flush_within(self, seconds: float) -> bool:
         """Keep trying to send the journal for up to ``seconds``; True once it is empty."""
+        if self._thread is not None:
+            return self.stop_background(seconds)
         deadline = time.monotonic() + seconds
         while True:
             self._retry_at = 0.0
@@ -163,6 +252,10 @@ class RunWriter:
             time.sleep(RETRY_SECONDS)
 
     def _write(self, operation: str, arguments: dict[str, Any]) -> None:
+        if self._thread is not None:
+            self.journal.append(operation, arguments)
+            self._wake.set()
+            return
         if self._can_send():
             try:
                 _send(self._client, operation, arguments, self.journal.run_ids)
@@ -182,7 +275,8 @@ class RunWriter:
         return self.flush()
 
     def _went_away(self, error: BaseException) -> None:
-        self._retry_at = time.monotonic() + RETRY_SECONDS
+        pause = BACKGROUND_RETRY_SECONDS if self._thread is not None else RETRY_SECONDS
+        self._retry_at = time.monotonic() + pause
         if not self._warned:
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             _logger.warning(
@@ -210,6 +304,10 @@ class Journal:
         #: MLflow's ids of the runs created from the journal, by their local ids.
         self.run_ids: dict[str, str] = {}
         self._next = 0
+        #: Whether each line is forced to the disk (it always reaches the system at once).
+        self.durable = True
+        self._lock = threading.Lock()  # Appended to by one thread, sent by another.
+        self._holder: Any = None
         if path.is_file():
             self._load()
 
@@ -217,13 +315,31 @@ class Journal:
     def pending(self) -> int:
         return len(self._operations)
 
+    def hold(self) -> None:
+        """Take the journal's lock file, so that no other process sends it meanwhile."""
+        if fcntl is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._holder = _lock_path(self.path).open("w")
+        fcntl.flock(self._holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self._holder is not None:
+            _lock_path(self.path).unlink(missing_ok=True)
+            self._holder.close()
+            self._holder = None
+
     def append(self, operation: str, arguments: dict[str, Any]) -> None:
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_line({"uri": self.uri, "created": time.time()})
-        self._write_line({"seq": self._next, "op": operation, "args": arguments})
-        self._operations.append((self._next, operation, arguments))
-        self._next += 1
+        with self._lock:
+            # A run created while the store was away and delivered since is named by its real
+            # id: the journal may have been emptied and begun again, without the creation.
+            arguments = _with_real_ids(arguments, self.run_ids)
+            if not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._write_line({"uri": self.uri, "created": time.time()})
+            self._write_line({"seq": self._next, "op": operation, "args": arguments})
+            self._operations.append((self._next, operation, arguments))
+            self._next += 1
 
     def replay(self, client: MlflowClient) -> int:
         """Send the pending writes in order; returns how many were sent.
@@ -239,11 +355,21 @@ class Journal:
             if operation == "create_run":
                 self.run_ids[arguments["local_id"]] = str(result)
                 acknowledgement["run_id"] = str(result)
-            self._write_line(acknowledgement)
-            self._operations.pop(0)
+            with self._lock:
+                self._write_line(acknowledgement)
+                self._operations.pop(0)
             sent += 1
-        self.path.unlink(missing_ok=True)
+        with self._lock:
+            if not self._operations:
+                self.path.unlink(missing_ok=True)
         return sent
+
+    def drop_first(self) -> str:
+        """Give up the first pending write (the store refused it); returns its operation."""
+        with self._lock:
+            seq, operation, _ = self._operations.pop(0)
+            self._write_line({"ack": seq, "refused": True})
+        return operation
 
     def _load(self) -> None:
         operations: dict[int, tuple[int, str, dict[str, Any]]] = {}
@@ -266,13 +392,34 @@ class Journal:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
-            os.fsync(handle.fileno())
+            if self.durable:
+                os.fsync(handle.fileno())
+
+
+def _lock_path(journal: Path) -> Path:
+    return journal.with_suffix(".lock")
+
+
+def _held(journal: Path) -> bool:
+    """Whether a live writer holds ``journal`` (and sends it itself)."""
+    lock = _lock_path(journal)
+    if fcntl is None or not lock.exists():
+        return False
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def replay_journals(client: MlflowClient, uri: str, folder: Path | None = None) -> tuple[int, int]:
     """Send every journal kept for ``uri``; returns (writes sent, journals still waiting)."""
     sent = waiting = 0
     for path in sorted((folder or journal_folder()).glob("*.jsonl")):
+        if _held(path):  # A sweep running now sends its own.
+            continue
         header = next(_read_lines(path), {})
         if header.get("uri") != uri:
             continue
@@ -325,6 +472,24 @@ def _send(
     else:
         raise ValueError(f"unknown journalled operation {operation!r}")
     return None
+
+
+def _with_real_ids(arguments: dict[str, Any], run_ids: dict[str, str]) -> dict[str, Any]:
+    """``arguments`` with the local ids of runs already created replaced by MLflow's."""
+    if not run_ids:
+        return arguments
+
+    def real(value: Any) -> Any:
+        return run_ids.get(value, value) if isinstance(value, str) else value
+
+    resolved = dict(arguments)
+    if "run_id" in resolved:
+        resolved["run_id"] = real(resolved["run_id"])
+    if isinstance(resolved.get("tags"), dict):
+        resolved["tags"] = {key: real(value) for key, value in resolved["tags"].items()}
+    elif isinstance(resolved.get("tags"), list):
+        resolved["tags"] = [[key, real(value)] for key, value in resolved["tags"]]
+    return resolved
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:

@@ -123,8 +123,9 @@ class TrialRunRecorder(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment's state, for a restore we never do;
-        # the caller's function (a progress bar, a closure) need not be picklable.
-        return {**self.__dict__, "_on_trial_end": None, "_stopped_by": None}
+        # the caller's function (a progress bar, a closure) need not be picklable, nor the
+        # writer's thread.
+        return {**self.__dict__, "_on_trial_end": None, "_stopped_by": None, "_writer": None}
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
