@@ -3,7 +3,8 @@
     python3 benchmarks/overhead.py                        # the four modes, multibase workload
     python3 benchmarks/overhead.py --scaling 8 32 128     # tiny trials, growing sweeps
     python3 benchmarks/overhead.py --memory 60            # C08: worker memory over 60 trials
-    python3 benchmarks/overhead.py --all --write          # all three, into RESULTS.md
+    python3 benchmarks/overhead.py --trials 8 16          # the four modes on 8 and 16 combinations
+    python3 benchmarks/overhead.py --all --write          # all of it, into RESULTS.md
 
 Every mode trains the same combinations of the same model function on the same data, each in a
 fresh Python process, so none inherits another's imports or compiled graphs:
@@ -25,6 +26,7 @@ itself for the loop and Talos) and each of Ray's trial workers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -43,8 +45,11 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Orchestration overhead"
 MODES = ("loop", "talos", "sweep-1", "sweep-N")
 MB = 1024 * 1024
+#: ``--tracking-uri``: the MLflow server our sweeps log to, instead of a new SQLite store.
+TRACKING_URI: str | None = None
 
-#: The reduced multibase-addition grid: 2 x 2 x 2 = 8 combinations of small models.
+#: The reduced multibase-addition grid: 2 x 2 x 2 = 8 combinations of small models; 16 with
+#: four learning rates (see :func:`multibase_work`).
 MULTIBASE = {
     "model": "orchestrator.tasks.multibase_addition:build_and_fit",
     "data": "orchestrator.tasks.multibase_addition:load_data",
@@ -201,7 +206,7 @@ def _run_sweep(
 
     result = run_sweep(
         load_sweep(path),
-        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        tracking_uri=work.get("tracking_uri") or f"sqlite:///{folder / 'mlflow.db'}",
         fresh=True,
         on_trial_end=ended,
     )
@@ -240,6 +245,8 @@ def child(mode: str, work: dict[str, Any]) -> dict[str, Any]:
 def measure(mode: str, work: dict[str, Any], repeat: int, timeout: float) -> dict[str, Any]:
     """Run ``mode`` ``repeat`` times, each in a fresh process; keep the fastest run."""
     runs = []
+    if TRACKING_URI and mode.startswith("sweep"):
+        work = {**work, "tracking_uri": TRACKING_URI}
     for _ in range(repeat):
         command = [sys.executable, __file__, "--child", mode, "--work", json.dumps(work)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -313,10 +320,12 @@ def compare(work: dict[str, Any], modes: list[str], repeat: int) -> str:
 
 def scaling(sizes: list[int], repeat: int) -> str:
     rows = []
+    runs: dict[str, list[tuple[int, dict[str, Any]]]] = {"sweep-1": [], "sweep-N": []}
     for size in sizes:
         work = tiny_work(size)
-        for mode in ("sweep-1", "sweep-N"):
+        for mode in runs:
             run = measure(mode, work, repeat, timeout=900)
+            runs[mode].append((size, run))
             orchestration = run["wall"] - run["train_seconds"] / run["concurrency"]
             rows.append(
                 [
@@ -339,6 +348,39 @@ def scaling(sizes: list[int], repeat: int) -> str:
         "trials/s of orchestration",
         "trials/s overall",
         "driver peak MB",
+    ]
+    return markdown(columns, rows) + "\n\n" + _further_trials(runs)
+
+
+def _further_trials(runs: dict[str, list[tuple[int, dict[str, Any]]]]) -> str:
+    """What each further trial costs between two sweep sizes: the start-up drops out, what is
+    left is the sustained rate of orchestration."""
+    rows = []
+    for mode, sized in runs.items():
+        for (small, before), (large, after) in itertools.pairwise(sized):
+            trials = large - small
+            wall = after["wall"] - before["wall"]
+            training = (after["train_seconds"] - before["train_seconds"]) / after["concurrency"]
+            orchestration = (wall - training) / trials
+            rows.append(
+                [
+                    f"{small} -> {large}",
+                    mode,
+                    f"{wall:.1f}",
+                    f"{training:.1f}",
+                    f"{orchestration:.3f}",
+                    f"{1 / orchestration:.1f}" if orchestration > 0 else "-",
+                    f"{trials / wall:.1f}",
+                ]
+            )
+    columns = [
+        "trials",
+        "mode",
+        "more wall s",
+        "more training s (per slot)",
+        "orchestration s per further trial",
+        "sustained trials/s of orchestration",
+        "sustained trials/s overall",
     ]
     return markdown(columns, rows)
 
@@ -378,6 +420,13 @@ def memory(trials: int) -> tuple[str, dict[str, Any]]:
     return markdown(columns, rows), run
 
 
+def multibase_work(trials: int, rows: int) -> dict[str, Any]:
+    """The reduced multibase grid of 8 or 16 combinations on ``rows`` rows."""
+    learning_rates = {8: [0.003, 0.01], 16: [0.001, 0.003, 0.01, 0.03]}[trials]
+    params = {**MULTIBASE["params"], "lr": learning_rates}
+    return {**MULTIBASE, "params": params, "options": {"n_samples": rows, "seed": 0}}
+
+
 def tiny_work(trials: int) -> dict[str, Any]:
     """``trials`` combinations of the tiny classifier (units 1..trials), one epoch each."""
     return {
@@ -407,11 +456,24 @@ def main() -> int:
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=3000, help="multibase rows (default 3000)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        nargs="+",
+        choices=(8, 16),
+        help="multibase grids of these sizes (default 8; 8 and 16 with --all)",
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--repeat", type=int, default=2, help="runs of each mode; best kept")
     parser.add_argument("--scaling", type=int, nargs="*", help="tiny sweeps of these sizes")
     parser.add_argument("--memory", type=int, help="C08: tiny trials in the same workers")
-    parser.add_argument("--all", action="store_true", help="compare, scaling 8 32 128, memory 60")
+    parser.add_argument(
+        "--all", action="store_true", help="compare 8 and 16, scaling 8 32 128, memory 60"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="our sweeps log to this MLflow server (default: a new SQLite store each run)",
+    )
     parser.add_argument("--write", action="store_true", help="write benchmarks/RESULTS.md")
     args = parser.parse_args()
 
@@ -419,16 +481,17 @@ def main() -> int:
         print("RESULT " + json.dumps(child(args.child, json.loads(args.work))), flush=True)
         return 0
 
+    global TRACKING_URI
+    TRACKING_URI = args.tracking_uri
     load = os.getloadavg()
     sections = []
-    if args.all or (args.scaling is None and args.memory is None):
-        work = {**MULTIBASE, "options": {"n_samples": args.rows, "seed": 0}}
-        table = compare(work, args.modes, args.repeat)
-        sections.append(
-            f"8 combinations of the multibase-addition task ({args.rows} rows, 2 epochs, "
-            "widths 8-32), best of "
-            f"{args.repeat} runs per mode:\n\n{table}"
-        )
+    if args.all or args.trials or (args.scaling is None and args.memory is None):
+        for trials in args.trials or ([8, 16] if args.all else [8]):
+            table = compare(multibase_work(trials, args.rows), args.modes, args.repeat)
+            sections.append(
+                f"{trials} combinations of the multibase-addition task ({args.rows} rows, "
+                f"2 epochs, widths 8-32), best of {args.repeat} runs per mode:\n\n{table}"
+            )
     if args.all or args.scaling:
         sizes = args.scaling or [8, 32, 128]
         table = scaling(sizes, args.repeat)
