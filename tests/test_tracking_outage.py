@@ -14,7 +14,7 @@ from orchestrator import load_sweep, run_sweep
 from orchestrator.cli.main import main
 from orchestrator.scheduling import sweep_runner
 from orchestrator.tracking import leaderboard, load_best_model, tags
-from orchestrator.tracking.delivery import RunWriter, replay_journals
+from orchestrator.tracking.delivery import Journal, RunWriter, replay_journals
 from orchestrator.tracking.leaderboard import find_sweep_run, trial_runs
 from orchestrator.tracking.store import TrackingStore
 
@@ -149,8 +149,29 @@ def test_a_run_created_in_one_outage_is_named_by_its_real_id_in_the_next(
     assert replay_journals(client, server.url, folder=tmp_path) == (0, 0)
     assert not writer.stop_background(2.0)
     assert writer.pending == 2
+    writer.close()
     server.start()
     assert replay_journals(client, server.url, folder=tmp_path) == (2, 0)
     run = client.get_run(real_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"val_acc": 0.5}
+
+
+def test_a_write_the_store_refuses_is_left_out_and_the_rest_of_the_journal_is_sent(tmp_path):
+    # A journal left by a killed sweep may hold a write the store will never take (here, to a
+    # run that does not exist); the journal must not be stuck on it for ever.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("refused")
+    journal = Journal(tmp_path / "pending" / "left.jsonl", uri)
+    journal.append("set_terminated", {"run_id": "no-such-run", "status": "FINISHED"})
+    created = {"experiment_id": experiment, "run_name": "kept", "tags": {}}
+    created["local_id"] = "pending-1"
+    journal.append("create_run", created)
+    journal.append("set_terminated", {"run_id": "pending-1", "status": "FINISHED"})
+
+    assert replay_journals(client, uri, folder=tmp_path / "pending") == (2, 0)
+
+    assert not journal.path.exists()
+    (run,) = client.search_runs([experiment])
+    assert (run.info.run_name, run.info.status) == ("kept", "FINISHED")

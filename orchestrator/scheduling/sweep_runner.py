@@ -351,18 +351,21 @@ def execute(
         status = "KILLED"
         raise
     finally:
-        recorder.close_unfinished()
-        if not writer.flush_within(FLUSH_SECONDS):  # Ends the background thread too.
-            _logger.warning("MLflow at %s still does not answer", store.uri)
-        for outcome in recorder.outcomes.values():
-            outcome.run_id = writer.real_id(outcome.run_id)
-        result.outcomes = list(recorder.outcomes.values())
-        result.best = _best(store, result, writer.pending == 0)
-        result.wall_seconds = time.perf_counter() - started
-        result.ended_early = stop.reason
-        _end_sweep_run(store, writer, result, status, stop.reason, not plan.log_every_model)
-        result.undelivered = writer.pending
-        result.journal = str(writer.journal.path) if writer.pending else None
+        try:
+            recorder.close_unfinished()
+            if not writer.flush_within(FLUSH_SECONDS):  # Ends the background thread too.
+                _logger.warning("MLflow at %s still does not answer", store.uri)
+            for outcome in recorder.outcomes.values():
+                outcome.run_id = writer.real_id(outcome.run_id)
+            result.outcomes = list(recorder.outcomes.values())
+            result.best = _best(store, result, writer.pending == 0)
+            result.wall_seconds = time.perf_counter() - started
+            result.ended_early = stop.reason
+            _end_sweep_run(store, writer, result, status, stop.reason, not plan.log_every_model)
+            result.undelivered = writer.pending
+            result.journal = str(writer.journal.path) if writer.pending else None
+        finally:  # Whatever is left, `orchestrator sync` or the next run may send it now.
+            writer.close()
     if stop.missing_metric:
         raise MetricNotReportedError(f"{plan.name}: {stop.missing_metric}")
     return result

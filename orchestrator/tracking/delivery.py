@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,8 @@ try:
     import fcntl
 except ImportError:  # Windows: journals are not locked.
     fcntl = None  # type: ignore[assignment]
+
+from orchestrator.errors import TrackingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -173,7 +175,7 @@ class RunWriter:
         if not self.journal.pending:
             return True
         try:
-            self.journal.replay(self._client)
+            self.journal.send(self._client)
         except Exception as error:
             if not is_unreachable(error):
                 raise
@@ -185,21 +187,30 @@ class RunWriter:
         return True
 
     def stop_background(self, seconds: float) -> bool:
-        """Let the thread send what waits, for up to ``seconds``, then stop it; writes from
-        then on are sent at once, as without ``background``. True when nothing waits."""
+        """Let the thread send what waits, for up to ``seconds``, then stop it after the write
+        it is sending; writes from then on are sent at once, as without ``background``, and
+        the journal stays held until :meth:`close`. True when nothing waits."""
         if self._thread is None:
             return not self.journal.pending
         deadline = time.monotonic() + seconds
-        while self.journal.pending and time.monotonic() < deadline and self._thread.is_alive():
+        try:
+            while self.journal.pending and time.monotonic() < deadline:
+                if not self._thread.is_alive():
+                    break
+                self._wake.set()
+                time.sleep(0.01)
+        finally:  # Interrupted or not, the thread stops after its current write.
+            self._stopping = True
             self._wake.set()
-            time.sleep(0.01)
-        self._stopping = True
-        self._wake.set()
         self._thread.join()
         self._thread = None
         self.journal.durable = True
-        self.journal.release()
         return not self.journal.pending
+
+    def close(self) -> None:
+        """Stop sending from the thread at once and let other processes send the journal."""
+        self.stop_background(0.0)
+        self.journal.release()
 
     def _deliver(self) -> None:
         """The background thread: send the journal whenever a write comes, until stopped."""
@@ -216,27 +227,18 @@ class RunWriter:
                 time.sleep(RETRY_SECONDS)
 
     def _send_journal(self) -> None:
-        while self.journal.pending:
-            try:
-                self.journal.replay(self._client)
-            except Exception as error:
-                if is_unreachable(error):
-                    self._went_away(error)
-                    return
-                # A write the store refuses would be refused again: say so, and go on.
-                operation = self.journal.drop_first()
-                _logger.error(
-                    "MLflow at %s refused a %s (%s: %s); it is left out",
-                    self.uri,
-                    operation,
-                    type(error).__name__,
-                    str(error).strip().splitlines()[0][:200] if str(error).strip() else "",
-                )
-                continue
-            self._retry_at = 0.0
-            if self._warned:
-                _logger.warning("MLflow at %s answers again; the kept records were sent", self.uri)
-                self._warned = False
+        try:
+            self.journal.send(self._client, should_stop=lambda: self._stopping)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._went_away(error)
+            return
+        self._retry_at = 0.0
+        if self._warned:
+            self.journal.durable = False
+            _logger.warning("MLflow at %s answers again; the kept records were sent", self.uri)
+            self._warned = False
 
     def flush_within(self, seconds: float) -> bool:
         """Keep trying to send the journal for up to ``seconds``; True once it is empty."""
@@ -277,6 +279,7 @@ class RunWriter:
     def _went_away(self, error: BaseException) -> None:
         pause = BACKGROUND_RETRY_SECONDS if self._thread is not None else RETRY_SECONDS
         self._retry_at = time.monotonic() + pause
+        self.journal.durable = True  # While the store is away, the journal is all there is.
         if not self._warned:
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             _logger.warning(
@@ -315,13 +318,39 @@ class Journal:
     def pending(self) -> int:
         return len(self._operations)
 
-    def hold(self) -> None:
-        """Take the journal's lock file, so that no other process sends it meanwhile."""
+    def hold(self, seconds: float = 30.0) -> None:
+        """Take the journal's lock file, so that no other process sends it meanwhile; an
+        ``orchestrator sync`` sending it now is waited for, up to ``seconds``.
+
+        Raises:
+            TrackingError: another process still holds it.
+        """
         if fcntl is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._holder = _lock_path(self.path).open("w")
-        fcntl.flock(self._holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = _lock_path(self.path)
+        deadline = time.monotonic() + seconds
+        while True:
+            holder = lock.open("a")
+            try:
+                fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # The holder before us removes the file as it lets go: ours must be the one
+                # the path names now, or a third process could take the path's new file too.
+                if lock.exists() and os.stat(lock).st_ino == os.fstat(holder.fileno()).st_ino:
+                    break
+            except OSError:
+                pass
+            holder.close()
+            if time.monotonic() >= deadline:
+                raise TrackingError(
+                    f"another process is sending {self.path} to MLflow; "
+                    "run this again once it has ended"
+                )
+            time.sleep(0.2)
+        self._holder = holder
+        if self.path.is_file():  # What that process sent is acknowledged in the file now.
+            self._operations, self.run_ids, self._next = [], {}, 0
+            self._load()
 
     def release(self) -> None:
         if self._holder is not None:
@@ -334,35 +363,63 @@ class Journal:
             # A run created while the store was away and delivered since is named by its real
             # id: the journal may have been emptied and begun again, without the creation.
             arguments = _with_real_ids(arguments, self.run_ids)
-            if not self.path.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._write_line({"uri": self.uri, "created": time.time()})
-            self._write_line({"seq": self._next, "op": operation, "args": arguments})
+            # A finished run's last write is forced to the disk, and with it the earlier ones.
+            record = {"seq": self._next, "op": operation, "args": arguments}
+            self._write_line(record, force=operation == "set_terminated")
             self._operations.append((self._next, operation, arguments))
             self._next += 1
 
-    def replay(self, client: MlflowClient) -> int:
-        """Send the pending writes in order; returns how many were sent.
+    def replay(self, client: MlflowClient, should_stop: Callable[[], bool] | None = None) -> int:
+        """Send the pending writes in order, until ``should_stop`` says so; returns how many
+        were sent.
 
         Raises:
             Exception: the first error of the store; what was sent before it stays sent.
         """
         sent = 0
-        while self._operations:
+        while self._operations and not (should_stop and should_stop()):
             seq, operation, arguments = self._operations[0]
             result = _send(client, operation, arguments, self.run_ids)
             acknowledgement: dict[str, Any] = {"ack": seq}
             if operation == "create_run":
-                self.run_ids[arguments["local_id"]] = str(result)
                 acknowledgement["run_id"] = str(result)
             with self._lock:
                 self._write_line(acknowledgement)
                 self._operations.pop(0)
+                if operation == "create_run":
+                    self.run_ids[arguments["local_id"]] = str(result)
             sent += 1
         with self._lock:
             if not self._operations:
                 self.path.unlink(missing_ok=True)
         return sent
+
+    def send(self, client: MlflowClient, should_stop: Callable[[], bool] | None = None) -> int:
+        """:meth:`replay`, leaving out (with an error logged) each write the store refuses,
+        which it would refuse again; returns how many writes were delivered.
+
+        Raises:
+            Exception: an error that says the store could not be reached (:func:`is_unreachable`).
+        """
+        waiting, refused = self.pending, 0
+        while True:
+            try:
+                self.replay(client, should_stop)
+                return waiting - self.pending - refused
+            except Exception as error:
+                if is_unreachable(error):
+                    raise
+                operation = self.drop_first()
+                refused += 1
+                first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                _logger.error(
+                    "MLflow at %s refused a %s (%s: %s); it is left out of %s",
+                    self.uri,
+                    operation,
+                    type(error).__name__,
+                    first,
+                    self.path.name,
+                )
 
     def drop_first(self) -> str:
         """Give up the first pending write (the store refused it); returns its operation."""
@@ -388,11 +445,16 @@ class Journal:
                     self.run_ids[local_ids[seq]] = record["run_id"]
         self._operations = [operations[seq] for seq in sorted(operations)]
 
-    def _write_line(self, record: dict[str, Any]) -> None:
+    def _write_line(self, record: dict[str, Any], force: bool = False) -> None:
+        """Append ``record``, after the header line that begins every journal file."""
+        lines = [record]
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lines.insert(0, {"uri": self.uri, "created": time.time()})
         with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write("".join(json.dumps(line) + "\n" for line in lines))
             handle.flush()
-            if self.durable:
+            if self.durable or force:
                 os.fsync(handle.fileno())
 
 
@@ -400,36 +462,30 @@ def _lock_path(journal: Path) -> Path:
     return journal.with_suffix(".lock")
 
 
-def _held(journal: Path) -> bool:
-    """Whether a live writer holds ``journal`` (and sends it itself)."""
-    lock = _lock_path(journal)
-    if fcntl is None or not lock.exists():
-        return False
-    with lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 def replay_journals(client: MlflowClient, uri: str, folder: Path | None = None) -> tuple[int, int]:
-    """Send every journal kept for ``uri``; returns (writes sent, journals still waiting)."""
+    """Send every journal kept for ``uri``; returns (writes sent, journals still waiting).
+
+    A journal a live sweep holds is its own to send, and left alone; the others are held while
+    they are sent, so two processes never send the same one.
+    """
     sent = waiting = 0
     for path in sorted((folder or journal_folder()).glob("*.jsonl")):
-        if _held(path):  # A sweep running now sends its own.
-            continue
         header = next(_read_lines(path), {})
         if header.get("uri") != uri:
             continue
         journal = Journal(path, uri)
         try:
-            sent += journal.replay(client)
+            journal.hold(seconds=0.0)
+        except TrackingError:  # A sweep running now sends its own.
+            continue
+        try:
+            sent += journal.send(client)
         except Exception as error:
             if not is_unreachable(error):
                 raise
             waiting += 1
+        finally:
+            journal.release()
     return sent, waiting
 
 
