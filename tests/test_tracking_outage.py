@@ -141,6 +141,7 @@ def test_a_run_created_in_one_outage_is_named_by_its_real_id_in_the_next(
     assert not writer.journal.path.exists()
     real_id = writer.real_id(local_id)
     assert client.get_run(real_id).info.run_name == "trial"
+    assert client.get_run(real_id).data.tags[tags.JOURNAL_ID] == local_id
 
     server.stop(crash=True)
     writer.log_batch(local_id, metrics=[Metric("val_acc", 0.5, 0, 1)])
@@ -175,3 +176,23 @@ def test_a_write_the_store_refuses_is_left_out_and_the_rest_of_the_journal_is_se
     assert not journal.path.exists()
     (run,) = client.search_runs([experiment])
     assert (run.info.run_name, run.info.status) == ("kept", "FINISHED")
+
+
+def test_a_creation_that_reached_the_store_before_a_kill_is_not_made_twice(tmp_path):
+    # The driver journalled a trial's run, MLflow created it, and the driver died before
+    # noting the answer: sending the journal again finds that run instead of making another.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("killed")
+    journal = Journal(tmp_path / "pending" / "killed.jsonl", uri)
+    run_tags = {tags.JOURNAL_ID: "pending-1"}
+    created = {"experiment_id": experiment, "run_name": "trial", "tags": run_tags}
+    journal.append("create_run", {**created, "local_id": "pending-1"})
+    journal.append("set_terminated", {"run_id": "pending-1", "status": "FINISHED"})
+    made = client.create_run(experiment, run_name="trial", tags=run_tags)
+
+    assert replay_journals(client, uri, folder=tmp_path / "pending") == (2, 0)
+
+    runs = client.search_runs([experiment])
+    assert [run.info.run_id for run in runs] == [made.info.run_id]
+    assert runs[0].info.status == "FINISHED"

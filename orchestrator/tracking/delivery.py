@@ -35,6 +35,7 @@ except ImportError:  # Windows: journals are not locked.
     fcntl = None  # type: ignore[assignment]
 
 from orchestrator.errors import TrackingError
+from orchestrator.tracking.tags import JOURNAL_ID
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -131,6 +132,7 @@ class RunWriter:
                     raise
                 self._went_away(error)
         local_id = f"{_LOCAL_ID}{uuid.uuid4().hex}"
+        arguments["tags"] = {**tags, JOURNAL_ID: local_id}
         self.journal.append("create_run", {**arguments, "local_id": local_id})
         self._wake.set()
         return local_id
@@ -310,6 +312,9 @@ class Journal:
         #: Whether each line is forced to the disk (it always reaches the system at once).
         self.durable = True
         self._lock = threading.Lock()  # Appended to by one thread, sent by another.
+        #: Creations that may have reached the store unacknowledged (sent when a connection
+        #: broke, or left by a process that ended): looked for before they are sent again.
+        self._uncertain: set[int] = set()
         self._holder: Any = None
         if path.is_file():
             self._load()
@@ -379,7 +384,14 @@ class Journal:
         sent = 0
         while self._operations and not (should_stop and should_stop()):
             seq, operation, arguments = self._operations[0]
-            result = _send(client, operation, arguments, self.run_ids)
+            if operation == "create_run":
+                result = _created_before(client, arguments) if seq in self._uncertain else None
+                if result is None:
+                    self._uncertain.add(seq)
+                    result = _send(client, operation, arguments, self.run_ids)
+                self._uncertain.discard(seq)
+            else:
+                result = _send(client, operation, arguments, self.run_ids)
             acknowledgement: dict[str, Any] = {"ack": seq}
             if operation == "create_run":
                 acknowledgement["run_id"] = str(result)
@@ -444,6 +456,7 @@ class Journal:
                 if "run_id" in record and seq in local_ids:
                     self.run_ids[local_ids[seq]] = record["run_id"]
         self._operations = [operations[seq] for seq in sorted(operations)]
+        self._uncertain = {seq for seq, op, _ in self._operations if op == "create_run"}
 
     def _write_line(self, record: dict[str, Any], force: bool = False) -> None:
         """Append ``record``, after the header line that begins every journal file."""
@@ -528,6 +541,20 @@ def _send(
     else:
         raise ValueError(f"unknown journalled operation {operation!r}")
     return None
+
+
+def _created_before(client: MlflowClient, arguments: dict[str, Any]) -> str | None:
+    """The id of the run an earlier attempt of this journalled creation made, if one did."""
+    from mlflow.entities import ViewType
+
+    local_id = arguments["local_id"]
+    found = client.search_runs(
+        [arguments["experiment_id"]],
+        filter_string=f"tags.`{JOURNAL_ID}` = '{local_id}'",
+        run_view_type=ViewType.ALL,
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
 
 
 def _with_real_ids(arguments: dict[str, Any], run_ids: dict[str, str]) -> dict[str, Any]:

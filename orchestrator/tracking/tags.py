@@ -32,6 +32,9 @@ DRIVER = "orchestrator.driver"  # host:pid of the process running the sweep, for
 EXECUTIONS = "orchestrator.executions"  # how many times the sweep was started (resumes + 1)
 CHECKPOINT = "orchestrator.checkpoint"  # the trial's checkpoint folder, to log its model later
 RETRIES = "orchestrator.retries"  # how often a trial was started again after failing
+#: The id a run was created under from a sweep's journal: a journal sent again after a crash
+#: finds the run by it rather than creating it twice.
+JOURNAL_ID = "orchestrator.journal_id"
 STOPPED_BY = "orchestrator.stopped_by"  # what stopped a trial early (a scheduler, the budget)
 #: How ``STOPPED_BY`` begins for a trial the time budget cut short: it was interrupted, not
 #: judged, so a resumed sweep trains it again.
