@@ -256,6 +256,22 @@ def test_results_sorts_by_a_parameter_by_its_plain_name(run_output, finished_swe
     assert widths == sorted(widths)
 
 
+@pytest.mark.parametrize("column", ["trial", "status", "run_id"])
+def test_results_refuses_to_rank_by_a_column_that_is_no_metric(
+    run_output, finished_sweep, capsys, column
+):
+    _, tracking = finished_sweep
+
+    code, _, err = run_cli(
+        capsys, "results", "cli-multibase", "--tracking-uri", tracking, "--sort", column
+    )
+
+    assert code == 2
+    assert f"--sort {column}: not a metric or parameter; rank by one of: " in err
+    assert "val_acc" in err
+    assert "Traceback" not in err
+
+
 def test_read_only_commands_do_not_create_a_store(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
 

@@ -133,6 +133,9 @@ def leaderboard(
     known = [column for column in table.columns if column not in _IDENTITY_COLUMNS]
     if sort not in table.columns and f"param:{sort}" in table.columns:
         sort = f"param:{sort}"
+    if sort in _IDENTITY_COLUMNS or sort == "group":
+        shown = ", ".join(c.removeprefix("param:") for c in known)
+        raise TrackingError(f"--sort {sort}: not a metric or parameter; rank by one of: {shown}")
     if sort not in table.columns:
         if (table["status"] == "finished").any():  # A stopped trial may predate any metric.
             shown = ", ".join(c.removeprefix("param:") for c in known)
