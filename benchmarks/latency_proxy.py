@@ -42,12 +42,21 @@ async def _serve(listen: int, target: int, delay: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--listen", type=int, required=True, help="port to accept on")
     parser.add_argument("--to", type=int, required=True, help="port of the real server")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="delay each way (25)")
     args = parser.parse_args()
-    asyncio.run(_serve(args.listen, args.to, args.delay_ms / 1000))
+    if args.delay_ms < 0:
+        parser.error(f"--delay-ms {args.delay_ms:g}: a delay is 0 or more milliseconds")
+    try:
+        asyncio.run(_serve(args.listen, args.to, args.delay_ms / 1000))
+    except OSError as error:
+        parser.exit(2, f"latency_proxy: cannot listen on 127.0.0.1:{args.listen}: {error}\n")
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

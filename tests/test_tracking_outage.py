@@ -112,7 +112,11 @@ def test_a_server_outage_mid_sweep_and_at_its_end_loses_no_trial(
     assert Path(result.journal).parent == orchestrator_home / "pending"
 
     server.start()
-    assert main(["sync", "--tracking-uri", server.url]) == 0
+    # Without a URI, each journal goes to the store it was kept for; no store is made here.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sync"]) == 0
+    assert not (tmp_path / "mlflow.db").exists()
 
     assert not Path(result.journal).exists()
     assert_every_trial_recorded(server.url)

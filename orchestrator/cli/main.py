@@ -43,7 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished trials are recorded in MLflow", file=sys.stderr)
+        from orchestrator.tracking.delivery import journal_folder, waiting_journals
+
+        waiting = sum(waiting_journals().values())
+        kept = (
+            f", or kept in {journal_folder()} ({waiting} records) until the store answers and "
+            "`orchestrator sync` sends them"
+            if waiting
+            else ""
+        )
+        print(f"interrupted: finished trials are recorded in MLflow{kept}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `orchestrator results ... | head`: the reader has had enough.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -74,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     sync = commands.add_parser(
         "sync", help="send records kept while the tracking server was unreachable"
     )
-    sync.add_argument("--tracking-uri", help="MLflow tracking URI")
+    sync.add_argument(
+        "--tracking-uri",
+        help="send only this store's records (default: each to the store it was kept for)",
+    )
     sync.set_defaults(handler=_sync)
 
     validate = commands.add_parser("validate", help="check a sweep file without running it")
@@ -141,6 +153,8 @@ def _quiet_engines(verbose: bool) -> None:
     # Failed trials are summarised by us; Tune's own tracebacks would bury the table.
     for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Each request MLflow retries while a server is away: our one warning says it instead.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
@@ -206,14 +220,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    """Each journal goes to the store it names; with a URI given, only that store's."""
     from orchestrator.tracking import resolve_tracking_uri
-    from orchestrator.tracking.delivery import journal_folder, replay_journals
+    from orchestrator.tracking.delivery import journal_folder, replay_journals, waiting_journals
     from orchestrator.tracking.store import TrackingStore
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    sent, waiting = replay_journals(TrackingStore(uri).client, uri)
-    print(f"{sent} records sent to {uri}; {waiting} journals still wait in {journal_folder()}")
-    return EXIT_TRIALS_FAILED if waiting else EXIT_OK
+    kept = waiting_journals()
+    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        uris = [resolve_tracking_uri(args.tracking_uri)]
+    else:
+        uris = sorted(kept)
+    if not uris:
+        print(f"nothing waits in {journal_folder()}")
+        return EXIT_OK
+    still = 0
+    for uri in uris:
+        sent, waiting = replay_journals(TrackingStore(uri).client, uri)
+        still += waiting
+        print(f"{sent} records sent to {uri}; {waiting} journals still wait in {journal_folder()}")
+    others = sorted(set(kept) - set(uris))
+    if others:
+        print(
+            f"journals for other stores wait too ({', '.join(others)}): `orchestrator sync` "
+            "without a tracking URI sends each to its own"
+        )
+    return EXIT_TRIALS_FAILED if still else EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -475,6 +475,18 @@ def _lock_path(journal: Path) -> Path:
     return journal.with_suffix(".lock")
 
 
+def waiting_journals(folder: Path | None = None) -> dict[str, int]:
+    """The writes still waiting in journals, by the store each journal is for."""
+    waiting: dict[str, int] = {}
+    for path in sorted((folder or journal_folder()).glob("*.jsonl")):
+        uri = next(_read_lines(path), {}).get("uri")
+        if uri:
+            pending = Journal(path, uri).pending
+            if pending:
+                waiting[uri] = waiting.get(uri, 0) + pending
+    return waiting
+
+
 def replay_journals(client: MlflowClient, uri: str, folder: Path | None = None) -> tuple[int, int]:
     """Send every journal kept for ``uri``; returns (writes sent, journals still waiting).
 
