@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -59,6 +60,13 @@ def assert_every_trial_recorded(uri: str) -> None:
         steps = sorted(p.step for p in client.get_metric_history(run.info.run_id, "val_acc"))
         assert steps == list(range(1, EPOCHS + 1)), run.info.run_name
     assert list(leaderboard(uri, "outage")["status"]) == ["finished"] * len(UNITS)
+    # The ranked table on the sweep's run is made once every trial is in the store.
+    logged = {artifact.path for artifact in client.list_artifacts(sweep_run.info.run_id)}
+    assert tags.LEADERBOARD_ARTIFACT in logged
+    table = mlflow.artifacts.download_artifacts(
+        run_id=sweep_run.info.run_id, artifact_path=tags.LEADERBOARD_ARTIFACT, tracking_uri=uri
+    )
+    assert len(Path(table).read_text().strip().splitlines()) == len(UNITS) + 1
 
 
 def waiting_runs(folder: Path) -> set[str]:

@@ -775,23 +775,11 @@ def _end_sweep_run(
             log_model(writer, best)
         summary = {name: str(readable_value(value)) for name, value in best.params.items()}
         writer.log_dict(result.sweep_run_id, summary, "best_params.json")
-    if not writer.pending:  # The table is read back from the store, so it must be complete.
-        _log_leaderboard(store, writer, result)
+    # Every trial, ranked, as leaderboard.csv: read back from the store, so made once all the
+    # writes before it are there (when the journal is sent, if the store is away now).
+    writer.log_leaderboard(result.sweep_run_id, result.experiment)
     writer.log_batch(result.sweep_run_id, metrics=metrics, tags=run_tags)
     writer.set_terminated(result.sweep_run_id, status)
-
-
-def _log_leaderboard(store: TrackingStore, writer: Any, result: SweepResult) -> None:
-    """Every trial of the sweep, ranked, as ``leaderboard.csv`` on the sweep's run."""
-    from orchestrator.errors import TrackingError
-    from orchestrator.tracking.leaderboard import leaderboard
-
-    try:
-        table = leaderboard(store.uri, result.experiment, sweep_run_id=result.sweep_run_id)
-    except TrackingError as error:  # No trial reports the metric: said after the sweep.
-        _logger.warning("no leaderboard logged: %s", error)
-        return
-    writer.log_text(result.sweep_run_id, table.to_csv(index=False), tags.LEADERBOARD_ARTIFACT)
 
 
 def _storage_path(storage: str | None) -> str | None:

@@ -126,7 +126,8 @@ class RunWriter:
         arguments = {"experiment_id": experiment_id, "run_name": run_name, "tags": tags}
         if self._thread is None and self._can_send():
             try:
-                return str(_send(self._client, "create_run", arguments, self.journal.run_ids))
+                run_ids = self.journal.run_ids
+                return str(_send(self._client, "create_run", arguments, run_ids, self.uri))
             except Exception as error:
                 if not is_unreachable(error):
                     raise
@@ -169,6 +170,11 @@ class RunWriter:
 
     def set_terminated(self, run_id: str, status: str) -> None:
         self._write("set_terminated", {"run_id": run_id, "status": status})
+
+    def log_leaderboard(self, sweep_run_id: str, experiment: str) -> None:
+        """Log the sweep's ranked table once every write before this one is in the store (it
+        is read back from there): now, or when the journal is sent."""
+        self._write("log_leaderboard", {"run_id": sweep_run_id, "experiment": experiment})
 
     def flush(self) -> bool:
         """Send what the journal holds; True when nothing is left to send."""
@@ -262,7 +268,7 @@ class RunWriter:
             return
         if self._can_send():
             try:
-                _send(self._client, operation, arguments, self.journal.run_ids)
+                _send(self._client, operation, arguments, self.journal.run_ids, self.uri)
                 return
             except Exception as error:
                 if not is_unreachable(error):
@@ -388,10 +394,10 @@ class Journal:
                 result = _created_before(client, arguments) if seq in self._uncertain else None
                 if result is None:
                     self._uncertain.add(seq)
-                    result = _send(client, operation, arguments, self.run_ids)
+                    result = _send(client, operation, arguments, self.run_ids, self.uri)
                 self._uncertain.discard(seq)
             else:
-                result = _send(client, operation, arguments, self.run_ids)
+                result = _send(client, operation, arguments, self.run_ids, self.uri)
             acknowledgement: dict[str, Any] = {"ack": seq}
             if operation == "create_run":
                 acknowledgement["run_id"] = str(result)
@@ -520,7 +526,11 @@ def journal_label(uri: str, run_id: str) -> str:
 
 
 def _send(
-    client: MlflowClient, operation: str, arguments: dict[str, Any], run_ids: dict[str, str]
+    client: MlflowClient,
+    operation: str,
+    arguments: dict[str, Any],
+    run_ids: dict[str, str],
+    uri: str,
 ) -> Any:
     from mlflow.entities import Metric, Param, RunTag
 
@@ -550,6 +560,8 @@ def _send(
             _logger.warning("%s is gone; it cannot be logged", arguments["local_path"])
     elif operation == "set_terminated":
         client.set_terminated(run_id, arguments["status"])
+    elif operation == "log_leaderboard":
+        _log_leaderboard(client, uri, run_id, arguments["experiment"])
     else:
         raise ValueError(f"unknown journalled operation {operation!r}")
     return None
@@ -585,6 +597,18 @@ def _with_real_ids(arguments: dict[str, Any], run_ids: dict[str, str]) -> dict[s
     elif isinstance(resolved.get("tags"), list):
         resolved["tags"] = [[key, real(value)] for key, value in resolved["tags"]]
     return resolved
+
+
+def _log_leaderboard(client: MlflowClient, uri: str, sweep_run_id: str, experiment: str) -> None:
+    from orchestrator.tracking.leaderboard import leaderboard
+    from orchestrator.tracking.tags import LEADERBOARD_ARTIFACT
+
+    try:
+        table = leaderboard(uri, experiment, sweep_run_id=sweep_run_id)
+    except TrackingError as error:  # No trial reports the metric: said after the sweep.
+        _logger.warning("no leaderboard logged: %s", error)
+        return
+    client.log_text(sweep_run_id, table.to_csv(index=False), LEADERBOARD_ARTIFACT)
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
