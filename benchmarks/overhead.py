@@ -122,8 +122,6 @@ class MemorySampler:
 
 
 def _combinations(params: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    import itertools
-
     names = list(params)
     return [
         dict(zip(names, values, strict=True)) for values in itertools.product(*params.values())

@@ -178,8 +178,6 @@ class RunWriter:
 
     def flush(self) -> bool:
         """Send what the journal holds; True when nothing is left to send."""
-        if self._thread is not None:
-            return self.stop_background(0.0)
         if not self.journal.pending:
             return True
         try:
@@ -289,7 +287,7 @@ class RunWriter:
         self._retry_at = time.monotonic() + pause
         self.journal.durable = True  # While the store is away, the journal is all there is.
         if not self._warned:
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            first = _first_line(error)
             _logger.warning(
                 "MLflow at %s does not answer (%s); keeping the sweep's records in %s "
                 "and sending them when it is back",
@@ -429,7 +427,7 @@ class Journal:
                     raise
                 operation = self.drop_first()
                 refused += 1
-                first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                first = _first_line(error)
                 _logger.error(
                     "MLflow at %s refused a %s (%s: %s); it is left out of %s",
                     self.uri,
@@ -475,6 +473,11 @@ class Journal:
             handle.flush()
             if self.durable or force:
                 os.fsync(handle.fileno())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _lock_path(journal: Path) -> Path:
@@ -534,22 +537,19 @@ def _send(
 ) -> Any:
     from mlflow.entities import Metric, Param, RunTag
 
-    def real(run_id: str) -> str:
-        return run_ids.get(run_id, run_id)
-
+    arguments = _with_real_ids(arguments, run_ids)
     if operation == "create_run":
-        tags = {key: real(value) for key, value in arguments["tags"].items()}
         run = client.create_run(
-            arguments["experiment_id"], run_name=arguments["run_name"], tags=tags
+            arguments["experiment_id"], run_name=arguments["run_name"], tags=arguments["tags"]
         )
         return run.info.run_id
-    run_id = real(arguments["run_id"])
+    run_id = arguments["run_id"]
     if operation == "log_batch":
         client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), int(t), int(s)) for k, v, t, s in arguments["metrics"]],
             params=[Param(k, v) for k, v in arguments["params"]],
-            tags=[RunTag(k, real(v)) for k, v in arguments["tags"]],
+            tags=[RunTag(k, v) for k, v in arguments["tags"]],
         )
     elif operation == "log_text":
         client.log_text(run_id, arguments["text"], arguments["artifact_file"])
@@ -582,7 +582,8 @@ def _created_before(client: MlflowClient, arguments: dict[str, Any]) -> str | No
 
 
 def _with_real_ids(arguments: dict[str, Any], run_ids: dict[str, str]) -> dict[str, Any]:
-    """``arguments`` with the local ids of runs already created replaced by MLflow's."""
+    """``arguments`` with the local ids of runs already created replaced by MLflow's: the run
+    written to, and tags that name a run (a trial's parent)."""
     if not run_ids:
         return arguments
 
